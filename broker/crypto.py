@@ -1,0 +1,217 @@
+"""Encryption at rest: a key ring of AES-256 key-encryption keys and AES-GCM envelopes.
+
+Every credential gets its own random 256-bit data key. The data key is wrapped by the ring's
+primary key; each secret field is sealed with the data key. Every blob starts with a format
+version and the id of the ring key it depends on, and is authenticated together with a
+canonical, length-prefixed encoding of (version, key id, project, provider, integration id,
+field), so a blob copied onto another row or into another field does not decrypt. The key id
+picks the key: there is no trial decryption over the ring.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from broker.errors import ConfigError, CryptoError
+
+FORMAT_VERSION = 1
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NONCE_BYTES = 12
+DATA_KEY_FIELD = "data_key"
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    material: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not KEY_ID_PATTERN.match(self.id):
+            raise ConfigError(f"key id {self.id!r} must match {KEY_ID_PATTERN.pattern}")
+        if len(self.material) != 32:
+            raise ConfigError(f"key {self.id} must be 32 bytes (AES-256), not {len(self.material)}")
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What a ciphertext is bound to: the row it lives on."""
+
+    project_id: str
+    provider: str
+    integration_id: str
+
+
+def _aad(key_id: str, ctx: RowContext, field_name: str) -> bytes:
+    parts = (str(FORMAT_VERSION), key_id, ctx.project_id, ctx.provider, ctx.integration_id,
+             field_name)
+    out = bytearray()
+    for part in parts:
+        raw = part.encode()
+        out += len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
+
+
+def _header(key_id: str) -> bytes:
+    kid = key_id.encode()
+    return bytes([FORMAT_VERSION, len(kid)]) + kid
+
+
+def blob_key_id(blob: bytes) -> str:
+    """The ring key id a blob names in its header."""
+    if len(blob) < 2 or blob[0] != FORMAT_VERSION:
+        raise CryptoError("unknown ciphertext format")
+    n = blob[1]
+    if len(blob) < 2 + n + NONCE_BYTES + 16:
+        raise CryptoError("truncated ciphertext")
+    return blob[2 : 2 + n].decode("ascii", errors="replace")
+
+
+def _seal(aead: AESGCM, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return _header(key_id) + nonce + aead.encrypt(nonce, plaintext, aad)
+
+
+def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
+    start = 2 + blob[1]
+    nonce, body = blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :]
+    try:
+        return aead.decrypt(nonce, body, aad)
+    except InvalidTag:
+        raise CryptoError("ciphertext failed authentication") from None
+
+
+class KeyRing:
+    """Ring keys by id, one of them primary (used for new writes); the rest decrypt only."""
+
+    def __init__(self, keys: Iterable[Key], primary_id: str):
+        self._keys = {k.id: k for k in keys}
+        if primary_id not in self._keys:
+            raise ConfigError(f"primary key {primary_id!r} is not in the key ring")
+        self.primary_id = primary_id
+        self._aeads = {k.id: AESGCM(k.material) for k in self._keys.values()}
+
+    def __repr__(self) -> str:
+        return f"KeyRing(primary={self.primary_id!r}, ids={sorted(self._keys)!r})"
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def _aead(self, key_id: str) -> AESGCM:
+        try:
+            return self._aeads[key_id]
+        except KeyError:
+            raise CryptoError(f"unknown key id {key_id!r}") from None
+
+    # -- envelopes -------------------------------------------------------------------------
+
+    def seal(self, ctx: RowContext, fields: Mapping[str, bytes | None]) -> Sealed:
+        """Encrypt ``fields`` under a fresh data key wrapped by the primary key."""
+        kid = self.primary_id
+        data_key = AESGCM.generate_key(bit_length=256)
+        wrapped = _seal(self._aead(kid), kid, data_key, _aad(kid, ctx, DATA_KEY_FIELD))
+        dek = AESGCM(data_key)
+        blobs = {
+            name: None if value is None else _seal(dek, kid, value, _aad(kid, ctx, name))
+            for name, value in fields.items()
+        }
+        return Sealed(key_id=kid, data_key=wrapped, fields=blobs)
+
+    def open(self, ctx: RowContext, data_key_blob: bytes,
+             fields: Mapping[str, bytes | None]) -> dict[str, bytes | None]:
+        kid = blob_key_id(data_key_blob)
+        data_key = _open(self._aead(kid), data_key_blob, _aad(kid, ctx, DATA_KEY_FIELD))
+        dek = AESGCM(data_key)
+        out: dict[str, bytes | None] = {}
+        for name, blob in fields.items():
+            if blob is None:
+                out[name] = None
+                continue
+            if blob_key_id(blob) != kid:
+                raise CryptoError("field and data key name different ring keys")
+            out[name] = _open(dek, blob, _aad(kid, ctx, name))
+        return out
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> KeyRing:
+        try:
+            doc = json.loads(text)
+            primary = doc["primary"]
+            keys = [Key(k["id"], base64.b64decode(k["secret"], validate=True))
+                    for k in doc["keys"]]
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{source} is not a key ring: expected JSON "
+                '{"primary": ID, "keys": [{"id": ID, "secret": BASE64}]} '
+                f"({type(exc).__name__})"
+            ) from None
+        if len({k.id for k in keys}) != len(keys):
+            raise ConfigError(f"{source}: duplicate key id")
+        return cls(keys, primary)
+
+    @classmethod
+    def load(cls, keys_file: Path | None, keys_json: str | None) -> KeyRing:
+        if keys_json:
+            return cls.from_json(keys_json, "BROKER_KEYS")
+        if keys_file is None:
+            raise ConfigError(
+                "no key ring: set BROKER_KEYS_FILE (create one with `broker keys add "
+                "--file PATH`) or BROKER_KEYS"
+            )
+        try:
+            text = keys_file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read key ring {keys_file}: {exc.strerror}") from None
+        return cls.from_json(text, str(keys_file))
+
+
+@dataclass(frozen=True)
+class Sealed:
+    key_id: str
+    data_key: bytes
+    fields: dict[str, bytes | None]
+
+
+def new_key_id() -> str:
+    return f"k{datetime.now(UTC):%Y%m%d}{secrets.token_hex(3)}"
+
+
+def add_key(path: Path) -> tuple[str, bool]:
+    """Add a fresh key to the ring file at ``path``, creating the file (with that key as
+    primary) when it does not exist. Returns (key id, became primary)."""
+    material = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+    kid = new_key_id()
+    if path.exists():
+        doc = json.loads(path.read_text())
+        KeyRing.from_json(json.dumps(doc), str(path))  # refuse to extend a broken ring
+        doc["keys"].append({"id": kid, "secret": material,
+                            "created_at": datetime.now(UTC).isoformat()})
+        primary = False
+    else:
+        doc = {"primary": kid, "keys": [{"id": kid, "secret": material,
+                                         "created_at": datetime.now(UTC).isoformat()}]}
+        primary = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    # The ring holds key material: owner-only from the first byte, then an atomic rename.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return kid, primary

@@ -1,0 +1,1 @@
+"""Built-in provider declarations, one module each, registered through entry points."""
