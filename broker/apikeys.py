@@ -18,7 +18,9 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ID_LEN, SECRET_LEN, CHECK_LEN = 12, 32, 6
 SCOPES = ("read", "integrations:write")
 API_KEY_PREFIX = "riq_"
+API_KEY_ID_PREFIX = "ak_"
 SERVICE_TOKEN_PREFIX = "rst_"
+SERVICE_TOKEN_ID_PREFIX = "st_"
 
 
 def _random(n: int) -> str:

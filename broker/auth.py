@@ -48,7 +48,7 @@ Endpoint = Callable[[Ctx], Awaitable[Response]]
 
 async def authenticate(session: AsyncSession, presented: str | None) -> Caller:
     public_id = apikeys.parse(apikeys.API_KEY_PREFIX, presented or "")
-    row = await session.get(ApiKey, f"ak_{public_id}") if public_id else None
+    row = await session.get(ApiKey, f"{apikeys.API_KEY_ID_PREFIX}{public_id}") if public_id else None
     # Hash even when there is nothing to compare against, so that all failures cost alike.
     valid = apikeys.matches(presented or "", row.key_hash if row else b"\0" * 32)
     if row is None or not valid or row.revoked_at is not None:

@@ -184,15 +184,7 @@ def cmd_keys_status(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _create_api_key(session: AsyncSession, project: str, scopes: list[str],
                           label: str | None) -> dict[str, Any]:
-    await store.ensure_project(session, project)
-    public, secret = apikeys.generate(apikeys.API_KEY_PREFIX)
-    key_id = f"ak_{public}"
-    session.add(ApiKey(id=key_id, project_id=project, key_hash=apikeys.digest(secret),
-                       scopes=scopes, label=label, created_at=utcnow()))
-    store.record_event(session, type="api_key.created", project_id=project,
-                       actor_key_id=None, request_id=None,
-                       details={"api_key_id": key_id, "scopes": scopes})
-    await session.commit()
+    key_id, secret = await store.create_api_key(session, project, scopes, label)
     return {"id": key_id, "key": secret, "project": project, "scopes": scopes}
 
 
@@ -266,7 +258,7 @@ def cmd_api_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_service_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
     public, secret = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
-    token_id = f"st_{public}"
+    token_id = f"{apikeys.SERVICE_TOKEN_ID_PREFIX}{public}"
 
     async def work(session: AsyncSession) -> None:
         session.add(ServiceToken(id=token_id, name=args.name, created_at=utcnow(),

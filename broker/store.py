@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker import apikeys
 from broker.crypto import KeyRing, RowContext
 from broker.db import utcnow
-from broker.models import AuditEvent, Credential, Integration, Project
+from broker.models import ApiKey, AuditEvent, Credential, Integration, Project
 
 
 PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -56,6 +57,22 @@ async def ensure_project(session: AsyncSession, project_id: str) -> Project:
     return project
 
 
+async def create_api_key(
+    session: AsyncSession, project_id: str, scopes: Sequence[str], label: str | None = None
+) -> tuple[str, str]:
+    """Create a project API key (and the project when missing); returns (id, secret). The
+    secret is never stored or shown again. Commits."""
+    await ensure_project(session, project_id)
+    public, secret = apikeys.generate(apikeys.API_KEY_PREFIX)
+    key_id = f"{apikeys.API_KEY_ID_PREFIX}{public}"
+    session.add(ApiKey(id=key_id, project_id=project_id, key_hash=apikeys.digest(secret),
+                       scopes=list(scopes), label=label, created_at=utcnow()))
+    record_event(session, type="api_key.created", project_id=project_id, actor_key_id=None,
+                 request_id=None, details={"api_key_id": key_id, "scopes": list(scopes)})
+    await session.commit()
+    return key_id, secret
+
+
 # -- integrations --------------------------------------------------------------------------
 
 async def list_integrations(session: AsyncSession, project_id: str) -> Sequence[Integration]:
@@ -75,6 +92,30 @@ async def get_integration(
     if for_update:
         query = query.with_for_update()
     return (await session.scalars(query)).one_or_none()
+
+
+async def upsert_integration(
+    session: AsyncSession, *, project_id: str, provider: str, setup_type: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> Integration:
+    """The project's integration for ``provider``, created or re-activated as active and
+    healthy (an install). Settings, display name and actions survive a reinstall."""
+    now = utcnow()
+    integration = await get_integration(session, project_id, provider, for_update=True)
+    if integration is None:
+        integration = Integration(
+            id=new_id("int"), project_id=project_id, provider=provider,
+            setup_type=setup_type, settings={}, allowed_actions=[], created_at=now)
+        session.add(integration)
+    integration.status = "active"
+    integration.health_status = "healthy"
+    integration.sidebar_enabled = True
+    integration.error_message = None
+    integration.provider_metadata = dict(metadata or {})
+    integration.last_synced_at = now
+    integration.updated_at = now
+    await session.flush()
+    return integration
 
 
 async def has_credential(session: AsyncSession, integration_id: str) -> bool:
