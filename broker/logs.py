@@ -36,14 +36,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def cap_library_loggers() -> None:
+    """Keep libraries that log secrets or SQL parameters below WARNING quiet, whatever the
+    broker's own level."""
+    for name in CAPPED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in CAPPED_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    cap_library_loggers()
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
