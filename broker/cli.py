@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from broker.crypto import KeyRing, add_key
 from broker.db import create_engine, sessionmaker, utcnow
 from broker.errors import ConfigError
 from broker.models import ApiKey, Credential, ServiceToken
-from broker.settings import DEFAULT_DATA_DIR, Settings
+from broker.settings import DEFAULT_DATA_DIR, DEFAULT_PUBLIC_URL, Settings
 from broker.spec import OAuth2Provider, Provider, ProviderError
 
 PROJECT_ID_HELP = "project id (letters, digits, _ and -; created when missing)"
@@ -130,10 +129,8 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             kid, _ = add_key(keys_file)
             print(f"created a development key ring at {keys_file} (key {kid})")
         settings = dataclasses.replace(settings, keys_file=keys_file.resolve())
-    if not os.environ.get("BROKER_PUBLIC_URL"):
+    if settings.public_url == DEFAULT_PUBLIC_URL:
         settings = dataclasses.replace(settings, public_url=f"http://{args.host}:{args.port}")
-    if make_url(settings.database_url).get_backend_name() == "sqlite":
-        DEFAULT_DATA_DIR.mkdir(exist_ok=True)
     migrate.upgrade(settings.database_url)
     key = asyncio.run(_with_session(settings, lambda s: _create_api_key(
         s, args.project, list(apikeys.SCOPES), "broker dev")))

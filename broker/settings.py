@@ -14,6 +14,7 @@ from pathlib import Path
 from broker.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path(".broker")
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -23,7 +24,7 @@ class Settings:
     redis_url: str | None = None
     keys_file: Path | None = None
     keys: str | None = field(default=None, repr=False)
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str = DEFAULT_PUBLIC_URL
     dashboard_url: str | None = None
     return_url_allowlist: tuple[str, ...] = ()
     providers_file: Path | None = None
@@ -41,7 +42,7 @@ class Settings:
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"BROKER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-        public_url = (get("PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/")
+        public_url = (get("PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/")
         if not public_url.startswith(("http://", "https://")):
             raise ConfigError("BROKER_PUBLIC_URL must be an http(s) URL")
         default_db = f"sqlite:///{(DEFAULT_DATA_DIR / 'broker.db').resolve()}"
