@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import apikeys, migrate, registry, store
+from broker import apikeys, registry, store
 from broker.crypto import KeyRing, add_key
 from broker.db import create_engine, sessionmaker, utcnow
 from broker.errors import ConfigError
@@ -55,6 +56,8 @@ async def _with_session(settings: Settings, work: Callable[[AsyncSession], Await
 
 async def preflight(settings: Settings) -> KeyRing:
     """Refuse to start, with a message an operator can act on, rather than fail later."""
+    from broker import migrate  # Alembic is slow to import; only these commands need it.
+
     ring = KeyRing.load(settings.keys_file, settings.keys)
     engine = create_engine(settings.database_url)
     try:
@@ -115,9 +118,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return _serve(settings, args.host, args.port, args.workers)
 
 
+def _migrate(settings: Settings) -> None:
+    from broker import migrate
+
+    try:
+        migrate.upgrade(settings.database_url)
+    except (OSError, SQLAlchemyError) as exc:
+        raise ConfigError(f"cannot migrate the database at {_safe_url(settings.database_url)}"
+                          f" ({type(exc).__name__}); check BROKER_DATABASE_URL") from None
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    migrate.upgrade(settings.database_url)
-    print(f"database at {_safe_url(settings.database_url)} is at schema {migrate.head_revision()}")
+    from broker.migrate import head_revision
+
+    _migrate(settings)
+    print(f"database at {_safe_url(settings.database_url)} is at schema {head_revision()}")
     return 0
 
 
@@ -131,7 +146,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, keys_file=keys_file.resolve())
     if settings.public_url == DEFAULT_PUBLIC_URL:
         settings = dataclasses.replace(settings, public_url=f"http://{args.host}:{args.port}")
-    migrate.upgrade(settings.database_url)
+    _migrate(settings)
     key = asyncio.run(_with_session(settings, lambda s: _create_api_key(
         s, args.project, list(apikeys.SCOPES), "broker dev")))
     print(f"""

@@ -197,8 +197,12 @@ def add_key(path: Path) -> tuple[str, bool]:
     material = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
     kid = new_key_id()
     if path.exists():
-        doc = json.loads(path.read_text())
-        KeyRing.from_json(json.dumps(doc), str(path))  # refuse to extend a broken ring
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read key ring {path}: {exc.strerror}") from None
+        KeyRing.from_json(text, str(path))  # refuse to extend a broken ring
+        doc = json.loads(text)
         doc["keys"].append({"id": kid, "secret": material,
                             "created_at": datetime.now(UTC).isoformat()})
         primary = False

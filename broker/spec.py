@@ -150,6 +150,10 @@ class Provider:
     def validate(self) -> None:
         """Raise :class:`ProviderError` unless the declaration is usable."""
         where = f"provider {self.slug!r}"
+        if getattr(type(self), "setup_type", None) not in ("oauth", "api_key", "basic",
+                                                            "webhook"):
+            raise ProviderError(f"{where}: declare it with OAuth2Provider, ApiKeyProvider, "
+                                "BasicAuthProvider or WebhookProvider")
         if not SLUG.match(self.slug):
             raise ProviderError(f"{where}: slug must be kebab-case")
         for label, value in (("name", self.name), ("category", self.category),
@@ -223,6 +227,17 @@ class OAuth2Provider(Provider):
     token_params: Mapping[str, str] = field(default_factory=dict)
     token_metadata: tuple[str, ...] = ()
     default_expires_in: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        where = f"provider {self.slug!r}"
+        if self.client_auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ProviderError(f"{where}: client_auth_method must be client_secret_basic "
+                                "or client_secret_post")
+        if self.token_request_format not in ("form", "json"):
+            raise ProviderError(f"{where}: token_request_format must be form or json")
+        if self.scope_separator not in (" ", ","):
+            raise ProviderError(f"{where}: scope_separator must be a space or a comma")
 
     def urls(self) -> dict[str, str]:
         found = super().urls()
