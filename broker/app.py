@@ -12,15 +12,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import httpx2
+
 from broker import openapi, registry
-from broker.auth import api_key_route
+from broker.auth import api_key_route, service_route
 from broker.crypto import KeyRing
 from broker.db import create_engine, sessionmaker
 from broker.errors import ApiError
 from broker.http import Json, RequestContext, api_error, http_error
-from broker.routes import api, health
-from broker.settings import Settings
+from broker.routes import api, connect, health, internal
+from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
+from broker.state import StateStore, open_state
 
 V1 = "/v1/projects/{projectId}/integrations"
 
@@ -39,6 +42,11 @@ def routes() -> list[Route]:
         Route(f"{V1}/{{provider}}",
               api_key_route("integrations:write", api.disconnect_integration),
               methods=["DELETE"]),
+        Route("/internal/v1/projects/{projectId}/connect-sessions",
+              service_route(internal.create_connect_session), methods=["POST"]),
+        Route("/connect/{session}", connect.open_connect, methods=["GET"]),
+        Route("/connect/forms/{form}", connect.submit_form, methods=["POST"]),
+        Route("/oauth/{provider}/callback", connect.oauth_callback, methods=["GET"]),
         Route("/openapi.json", serve_openapi, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -54,20 +62,32 @@ def create_app(
     *,
     ring: KeyRing | None = None,
     providers: Mapping[str, Provider] | None = None,
+    clients: Mapping[str, ClientCredentials] | None = None,
+    state_store: StateStore | None = None,
 ) -> Starlette:
-    """Build the ASGI app. ``ring`` and ``providers`` default to what ``settings`` and the
+    """Build the ASGI app. The keyword arguments default to what ``settings`` and the
     installed entry points say; they are parameters so tests can hand in their own."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.ring = ring or KeyRing.load(settings.keys_file, settings.keys)
-        app.state.providers = registry.load() if providers is None else providers
+        if providers is None:
+            app.state.providers, app.state.clients = registry.load_configured(settings)
+        else:
+            app.state.providers, app.state.clients = providers, clients or {}
         app.state.engine = create_engine(settings.database_url)
         app.state.sessions = sessionmaker(app.state.engine)
+        app.state.state_store = state_store or open_state(settings.redis_url)
+        # One pooled client for provider calls; it follows no redirects, so a credential
+        # is never carried to a host the declaration did not name.
+        app.state.http = httpx2.AsyncClient(timeout=settings.provider_timeout,
+                                            follow_redirects=False, trust_env=False)
         try:
             yield
         finally:
+            await app.state.http.aclose()
+            await app.state.state_store.close()
             await app.state.engine.dispose()
 
     return Starlette(

@@ -14,9 +14,9 @@ from starlette.responses import Response
 
 from broker import apikeys
 from broker.db import utcnow
-from broker.errors import Forbidden, NotFound, Unauthorized
+from broker.errors import ApiError, Forbidden, NotFound, Unauthorized
 from broker.logs import request_id_var
-from broker.models import ApiKey
+from broker.models import ApiKey, ServiceToken
 
 # last_used_at is for operators watching a key go quiet; minute precision spares a write per
 # request on the hot path.
@@ -83,3 +83,56 @@ def api_key_route(scope: str, endpoint: Endpoint) -> Callable[[Request], Awaitab
 
 def route_scope(endpoint: Any) -> str | None:
     return getattr(endpoint, "scope", None)
+
+
+class ServiceUnauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("Missing or invalid service token.")
+
+
+@dataclass(frozen=True)
+class ServiceCtx:
+    """What an internal endpoint gets: the request, the service token's id, a DB session."""
+
+    request: Request
+    token_id: str
+    session: AsyncSession
+
+    @property
+    def request_id(self) -> str | None:
+        return request_id_var.get()
+
+
+async def authenticate_service(session: AsyncSession, header: str | None) -> str:
+    scheme, _, presented = (header or "").partition(" ")
+    public_id = (apikeys.parse(apikeys.SERVICE_TOKEN_PREFIX, presented.strip())
+                 if scheme.lower() == "bearer" else None)
+    row = (await session.get(ServiceToken, f"{apikeys.SERVICE_TOKEN_ID_PREFIX}{public_id}")
+           if public_id else None)
+    valid = apikeys.matches(presented, row.token_hash if row else b"\0" * 32)
+    if row is None or not valid or row.revoked_at is not None:
+        raise ServiceUnauthorized()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
+        await session.execute(update(ServiceToken).where(ServiceToken.id == row.id)
+                              .values(last_used_at=now))
+        await session.commit()
+    return row.id
+
+
+def service_route(endpoint: Callable[[ServiceCtx], Awaitable[Response]]
+                  ) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap an internal endpoint: authenticate ``Authorization: Bearer <service token>``."""
+
+    async def handler(request: Request) -> Response:
+        async with request.app.state.sessions() as session:
+            token_id = await authenticate_service(session,
+                                                  request.headers.get("authorization"))
+            return await endpoint(ServiceCtx(request, token_id, session))
+
+    handler.__name__ = endpoint.__name__
+    handler.__doc__ = endpoint.__doc__
+    setattr(handler, "scope", "service")
+    return handler

@@ -10,6 +10,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db import utcnow
@@ -35,3 +36,21 @@ async def create_session(
     ))
     await session.flush()
     return token, expires_at
+
+
+async def consume_session(session: AsyncSession, token: str) -> ConnectSession | None:
+    """Use a connect session once: a single conditional UPDATE, so two requests racing with
+    the same link cannot both win. Returns the session, or None when it is unknown, used or
+    expired."""
+    now = utcnow()
+    digest = token_hash(token)
+    result = await session.execute(
+        update(ConnectSession)
+        .where(ConnectSession.token_hash == digest, ConnectSession.consumed_at.is_(None),
+               ConnectSession.expires_at > now)
+        .values(consumed_at=now))
+    if not getattr(result, "rowcount", 0):
+        await session.rollback()
+        return None
+    await session.commit()
+    return await session.get(ConnectSession, digest)

@@ -8,6 +8,7 @@ import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -114,9 +115,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def read_json(request: Request, limit: int, *, optional: bool = False) -> Any:
-    """The request body as JSON, refusing bodies over ``limit`` bytes before reading them
-    whole. An empty body is ``None`` when ``optional``."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing one over ``limit`` bytes before reading it whole."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadRequest(f"The body is larger than {limit} bytes.", code="body_too_large")
@@ -125,6 +125,28 @@ async def read_json(request: Request, limit: int, *, optional: bool = False) -> 
         body += chunk
         if len(body) > limit:
             raise BadRequest(f"The body is larger than {limit} bytes.", code="body_too_large")
+    return bytes(body)
+
+
+async def read_form(request: Request, limit: int) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body; a repeated field keeps its first
+    value. (Parsed here: Starlette's form parser needs python-multipart for nothing more.)"""
+    body = await read_body(request, limit)
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50,
+                          errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("The form could not be read.", code="invalid_form") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+async def read_json(request: Request, limit: int, *, optional: bool = False) -> Any:
+    """The request body as JSON (see :func:`read_body`). An empty body is ``None`` when
+    ``optional``."""
+    body = await read_body(request, limit)
     if not body.strip():
         if optional:
             return None

@@ -52,6 +52,15 @@ def _op(op_id: str, summary: str, scope: str, responses: dict[str, Any], *,
     return op
 
 
+def _browser(op_id: str, summary: str, param: str, responses: dict[str, Any]
+             ) -> dict[str, Any]:
+    """A browser route: HTML, bound by the connect cookie rather than a key."""
+    return {"operationId": op_id, "summary": summary, "security": [],
+            "parameters": [{"name": param, "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": responses}
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
@@ -129,6 +138,20 @@ SCHEMAS: dict[str, Any] = {
                        "install_url": {"type": "string", "format": "uri"},
                        "setup_type": SETUP_TYPE, "message": {"type": "string"}},
     },
+    "ConnectSessionRequest": {
+        "type": "object", "additionalProperties": False, "required": ["provider"],
+        "properties": {
+            "provider": {"type": "string"},
+            "return_url": {"type": ["string", "null"], "maxLength": 2000},
+            "params": {"type": "object", "additionalProperties": {"type": "string"},
+                       "description": "Pre-filled non-secret inputs (a Shopify shop)."},
+        },
+    },
+    "ConnectSession": {
+        "type": "object", "required": ["connect_url", "expires_at"],
+        "properties": {"connect_url": {"type": "string", "format": "uri"},
+                       "expires_at": {"type": "string", "format": "date-time"}},
+    },
     "InstallUrlRequest": {
         "type": "object", "additionalProperties": False,
         "properties": {"return_url": {
@@ -159,8 +182,10 @@ def spec(server_url: str) -> dict[str, Any]:
         "info": {"title": "Integration broker: Integrations API", "version": __version__},
         "servers": [{"url": server_url}],
         "components": {
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header",
-                                           "name": "X-API-Key"}},
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "ServiceToken": {"type": "http", "scheme": "bearer"},
+            },
             "parameters": {
                 "projectId": {"name": "projectId", "in": "path", "required": True,
                               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
@@ -213,6 +238,35 @@ def spec(server_url: str) -> dict[str, Any]:
                 query=[_query("revoke", {"type": "string", "enum": ["true", "false"]},
                               "Also revoke the tokens at the provider where it declares "
                               "how.")])},
+            "/internal/v1/projects/{projectId}/connect-sessions": {"post": {
+                "operationId": "createConnectSession",
+                "summary": "A single-use, 10-minute link that starts an install in a browser",
+                "description": "Requires a service token.",
+                "security": [{"ServiceToken": []}],
+                "parameters": [{"$ref": "#/components/parameters/projectId"}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("ConnectSessionRequest")}}},
+                "responses": {"201": {"description": "The connect link", "content": {
+                    "application/json": {"schema": _data(_ref("ConnectSession"))}}},
+                    **_errors(400, 401, 404, 422)}}},
+            "/connect/{session}": {"get": _browser(
+                "openConnect", "Open a connect link: redirect to the provider or show a form",
+                "session", {"302": {"description": "On to the provider's consent"},
+                            "200": {"description": "The credential form"},
+                            "410": {"description": "Expired or used link"}})},
+            "/connect/forms/{form}": {"post": _browser(
+                "submitConnectForm", "Submit the credential form", "form",
+                {"302": {"description": "On to the provider, or back to the app"},
+                 "200": {"description": "Connected"},
+                 "400": {"description": "Expired form or another browser"},
+                 "422": {"description": "Invalid or rejected credential"}})},
+            "/oauth/{provider}/callback": {"get": _browser(
+                "oauthCallback", "The OAuth redirect URI registered at each provider",
+                "provider", {"302": {"description": "Back to the app with the outcome"},
+                             "200": {"description": "Connected"},
+                             "400": {"description": "Unknown, used, expired or foreign "
+                                                    "state, or a refused callback"},
+                             "502": {"description": "The provider's token endpoint failed"}})},
             "/openapi.json": {"get": {"operationId": "getOpenApi", "summary": "This document",
                                       "security": [],
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},

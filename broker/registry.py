@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
 
+from broker.settings import ClientCredentials, Settings, env_slug
 from broker.spec import Provider, ProviderError
 
 GROUP = "broker.providers"
@@ -42,3 +43,19 @@ def load(eps: Iterable[EntryPoint] | None = None) -> Mapping[str, Provider]:
         found[obj.slug] = obj
         sources[obj.slug] = _source(ep)
     return MappingProxyType(dict(sorted(found.items())))
+
+
+def load_configured(settings: Settings) -> tuple[Mapping[str, Provider],
+                                                 Mapping[str, ClientCredentials]]:
+    """Entry-point providers with ``BROKER_PROVIDERS_FILE`` applied, and the OAuth client
+    credentials by slug (``BROKER_<SLUG>_CLIENT_*`` win over the file)."""
+    from broker import providers_file
+
+    providers: Mapping[str, Provider] = load()
+    clients: dict[str, ClientCredentials] = {}
+    if settings.providers_file is not None:
+        providers, clients = providers_file.load(settings.providers_file, providers)
+    for slug in providers:
+        if (found := settings.oauth_clients.get(env_slug(slug))) is not None:
+            clients[slug] = found
+    return providers, MappingProxyType(clients)

@@ -7,6 +7,7 @@ calls once and hands to :func:`broker.app.create_app`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,21 @@ from broker.errors import ConfigError
 DEFAULT_DATA_DIR = Path(".broker")
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+CLIENT_VAR = re.compile(r"^BROKER_([A-Z0-9_]+)_CLIENT_(ID|SECRET)$")
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """An OAuth app's client id and secret at one provider."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
+def env_slug(slug: str) -> str:
+    """The environment-variable form of a provider slug: ``salesforce-sandbox`` ->
+    ``SALESFORCE_SANDBOX`` (as in ``BROKER_SALESFORCE_SANDBOX_CLIENT_ID``)."""
+    return slug.upper().replace("-", "_")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +46,12 @@ class Settings:
     providers_file: Path | None = None
     log_level: str = "INFO"
     max_body_bytes: int = 64 * 1024
+    # OAuth client credentials from BROKER_<SLUG>_CLIENT_ID / _CLIENT_SECRET, by env_slug.
+    oauth_clients: Mapping[str, ClientCredentials] = field(default_factory=dict, repr=False)
+    # Seconds to wait for a provider's answer (token exchange, verification).
+    provider_timeout: float = 10.0
+    # Tests only: accept webhook URLs on loopback and private networks.
+    allow_private_webhooks: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +68,17 @@ class Settings:
         if not public_url.startswith(("http://", "https://")):
             raise ConfigError("BROKER_PUBLIC_URL must be an http(s) URL")
         default_db = f"sqlite:///{(DEFAULT_DATA_DIR / 'broker.db').resolve()}"
+        parts: dict[str, dict[str, str]] = {}
+        for name, value in env.items():
+            if (m := CLIENT_VAR.match(name)) and value.strip():
+                parts.setdefault(m[1], {})[m[2]] = value.strip()
+        for slug, found in parts.items():
+            if set(found) != {"ID", "SECRET"}:
+                raise ConfigError(f"BROKER_{slug}_CLIENT_ID and BROKER_{slug}_CLIENT_SECRET "
+                                  "must be set together")
+        allow_private = (get("ALLOW_PRIVATE_WEBHOOKS") or "false").lower()
+        if allow_private not in ("true", "false"):
+            raise ConfigError("BROKER_ALLOW_PRIVATE_WEBHOOKS must be true or false")
         return cls(
             database_url=get("DATABASE_URL") or default_db,
             redis_url=get("REDIS_URL"),
@@ -58,4 +91,7 @@ class Settings:
             ),
             providers_file=Path(p) if (p := get("PROVIDERS_FILE")) else None,
             log_level=log_level,
+            oauth_clients={slug: ClientCredentials(p["ID"], p["SECRET"])
+                           for slug, p in parts.items()},
+            allow_private_webhooks=allow_private == "true",
         )

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -48,14 +48,20 @@ __all__ = [
     "ApiKeyProvider",
     "Basic",
     "BasicAuthProvider",
+    "Callback",
+    "CallbackError",
     "Field",
     "Header",
+    "Hooks",
     "OAuth2Provider",
     "Provider",
     "ProviderError",
     "Request",
     "SetupType",
+    "TokenError",
+    "TokenResponse",
     "WebhookProvider",
+    "standard_token",
 ]
 
 SetupType = Literal["oauth", "api_key", "basic", "webhook"]
@@ -125,6 +131,91 @@ class Basic:
 
     username: str
     password: str
+
+
+class CallbackError(Exception):
+    """Raised by ``validate_callback`` to refuse a callback; the message is shown to the
+    person installing and must hold no secret."""
+
+
+class TokenError(Exception):
+    """Raised by ``parse_token`` when a token response is unusable; ``code`` is the
+    provider's error code when it gave one (``invalid_grant``)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenResponse:
+    """A token endpoint's answer, normalised. ``raw`` is the parsed JSON, from which
+    ``token_metadata`` paths are read."""
+
+    access_token: str = field(repr=False)
+    token_type: str = "bearer"
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_in: int | None = None
+    scopes: tuple[str, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+def standard_token(raw: Mapping[str, Any], separator: str = " ") -> TokenResponse:
+    """RFC 6749 section 5.1: the default ``parse_token``."""
+    if "error" in raw:
+        raise TokenError(f"the provider refused: {str(raw['error'])[:100]}", str(raw["error"]))
+    access = raw.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise TokenError("the token response has no access_token")
+    token_type = raw.get("token_type", "bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenError("the token response is not a bearer token")
+    refresh = raw.get("refresh_token")
+    expires_in = raw.get("expires_in")
+    scope = raw.get("scope", "")
+    return TokenResponse(
+        access_token=access,
+        token_type="bearer",
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        # Some providers send expires_in as a string, some send 0 for "does not expire".
+        expires_in=int(expires_in) if str(expires_in).isdigit() and int(expires_in) > 0
+        else None,
+        scopes=tuple(s for s in re.split(r"[ ,]+", scope) if s) if isinstance(scope, str)
+        else (),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Callback:
+    """What ``validate_callback`` sees: the callback's query exactly as received (repeated
+    keys kept), the app's client secret, and the inputs pinned when the flow started."""
+
+    query: Sequence[tuple[str, str]] = field(repr=False)
+    client_secret: str = field(repr=False)
+    inputs: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hooks:
+    """The closed set of hooks, for quirks that data cannot express. All optional.
+
+    ``prepare_authorize(params, inputs) -> params``
+        adjust the authorize request's query (Slack's ``user_scope``).
+    ``validate_callback(callback) -> None``
+        check the provider's callback before any token request; raise
+        :class:`CallbackError` to refuse (Shopify's HMAC).
+    ``parse_token(raw) -> TokenResponse``
+        normalise a non-standard token response, raising :class:`TokenError` for an
+        error hidden in a 200 (Slack's ``ok: false``). The default is
+        :func:`standard_token`.
+
+    A new hook name is a change of this module, with its documentation and tests.
+    """
+
+    prepare_authorize: Callable[[dict[str, str], Mapping[str, str]], dict[str, str]] | None = None
+    validate_callback: Callable[[Callback], None] | None = None
+    parse_token: Callable[[Mapping[str, Any]], TokenResponse] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +300,8 @@ class OAuth2Provider(Provider):
         (``team.id``, ``instance_url``); never a secret.
     ``default_expires_in``
         seconds, for providers whose token response carries no ``expires_in``.
+    ``hooks``
+        quirks as code; see :class:`Hooks`.
     """
 
     setup_type: ClassVar[SetupType] = "oauth"
@@ -227,6 +320,7 @@ class OAuth2Provider(Provider):
     token_params: Mapping[str, str] = field(default_factory=dict)
     token_metadata: tuple[str, ...] = ()
     default_expires_in: int | None = None
+    hooks: Hooks = Hooks()
 
     def validate(self) -> None:
         super().validate()

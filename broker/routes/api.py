@@ -88,22 +88,39 @@ async def get_catalog_entry(ctx: Ctx) -> Response:
     return ok(catalog.entry(provider, found))
 
 
+def check_return_url(url: Any, allowlist: tuple[str, ...]) -> str | None:
+    """A return URL whose scheme, host and port are exactly those of an allow-listed URL.
+    Compared on the parsed form (after rejecting anything a browser could read otherwise),
+    so ``https://allowed@evil``, ``//evil`` and ``https://allowed.evil`` all fail."""
+    if url is None:
+        return None
+    if not isinstance(url, str) or len(url) > 2000:
+        raise Unprocessable("return_url must be a URL string.")
+    refuse = Unprocessable("return_url is not on BROKER_RETURN_URL_ALLOWLIST.",
+                           code="return_url_not_allowed")
+    # Browsers strip tabs and newlines and read backslashes as slashes; refuse both.
+    if any(c in url for c in "\\\t\r\n ") or any(ord(c) < 32 or ord(c) > 126 for c in url):
+        raise refuse
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        raise refuse
+    allowed = {(a.scheme, a.hostname, a.port) for a in map(urlsplit, allowlist)}
+    try:
+        port = parts.port
+    except ValueError:
+        raise refuse from None
+    if (parts.scheme, parts.hostname, port) not in allowed or parts.netloc.lower() != (
+            parts.hostname or "") + (f":{port}" if port else ""):
+        raise refuse
+    return url
+
+
 def _return_url(body: Any, allowlist: tuple[str, ...]) -> str | None:
     if body is None:
         return None
     if not isinstance(body, dict) or set(body) - {"return_url"}:
         raise Unprocessable("The body may only hold return_url.")
-    url = body.get("return_url")
-    if url is None:
-        return None
-    if not isinstance(url, str) or len(url) > 2000:
-        raise Unprocessable("return_url must be a URL string.")
-    parts = urlsplit(url)
-    allowed = {(a.scheme, a.netloc) for a in map(urlsplit, allowlist)}
-    if parts.scheme not in ("http", "https") or (parts.scheme, parts.netloc) not in allowed:
-        raise Unprocessable("return_url is not on BROKER_RETURN_URL_ALLOWLIST.",
-                            code="return_url_not_allowed")
-    return url
+    return check_return_url(body.get("return_url"), allowlist)
 
 
 async def create_install_url(ctx: Ctx) -> Response:

@@ -1,0 +1,124 @@
+"""OAuth 2.0 authorization-code flow: the authorize URL at start, the code exchange at
+callback. Authlib builds the request and authenticates the client; the broker owns the state
+record (``broker.state``) and checks the answer (``spec.standard_token`` or the provider's
+``parse_token`` hook)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx2
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from broker.settings import ClientCredentials
+from broker.spec import OAuth2Provider, TokenError, TokenResponse, standard_token
+
+STATE_TTL = 600
+MAX_TOKEN_RESPONSE = 64 * 1024
+
+
+class ExchangeError(Exception):
+    """The code exchange failed. ``code`` is the provider's OAuth error code, or
+    ``timeout`` / ``bad_response`` / ``unreachable``. Messages never quote the response
+    body, which may echo secrets."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def fill(template: str, inputs: Mapping[str, str]) -> str:
+    # Inputs were matched against their field's pattern before they get here.
+    return template.format_map(dict(inputs))
+
+
+def new_state() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_verifier() -> str:
+    return secrets.token_urlsafe(64)  # 86 characters from 64 random bytes (RFC 7636 4.1)
+
+
+def authorize_url(provider: OAuth2Provider, client: ClientCredentials, *, redirect_uri: str,
+                  state: str, verifier: str | None, inputs: Mapping[str, str]) -> str:
+    params: dict[str, str] = dict(provider.authorize_params)
+    if provider.scopes:
+        params["scope"] = provider.scope_separator.join(provider.scopes)
+    if provider.pkce and verifier:
+        params["code_challenge"] = create_s256_code_challenge(verifier)
+        params["code_challenge_method"] = "S256"
+    if provider.hooks.prepare_authorize is not None:
+        params = provider.hooks.prepare_authorize(params, inputs)
+    return str(prepare_grant_uri(fill(provider.authorize_url, inputs), client.client_id,
+                                 "code", redirect_uri=redirect_uri, state=state, **params))
+
+
+def _limit(response: httpx2.Response) -> httpx2.Response:
+    if len(response.content) > MAX_TOKEN_RESPONSE:
+        raise ValueError("token response too large")
+    return response
+
+
+async def exchange(provider: OAuth2Provider, client: ClientCredentials, *, code: str,
+                   redirect_uri: str, verifier: str | None, inputs: Mapping[str, str],
+                   timeout: float) -> TokenResponse:
+    """Trade ``code`` for tokens, once: a failed exchange is never retried, because a
+    provider that sees a code twice must refuse it and may revoke what it issued."""
+    extra: dict[str, Any] = dict(provider.token_params)
+    if provider.pkce and verifier:
+        extra["code_verifier"] = verifier
+    async with AsyncOAuth2Client(
+        client.client_id, client.client_secret,
+        token_endpoint_auth_method=provider.client_auth_method,
+        timeout=timeout, follow_redirects=False, trust_env=False,
+    ) as oauth:
+        oauth.register_compliance_hook("access_token_response", _limit)
+        try:
+            raw = await oauth.fetch_token(fill(provider.token_url, inputs),
+                                          grant_type="authorization_code", code=code,
+                                          redirect_uri=redirect_uri, **extra)
+        except AuthlibBaseError as exc:
+            raise ExchangeError(str(exc.error or "invalid_grant")[:64],
+                                "the provider refused the authorization code") from None
+        except httpx2.TimeoutException:
+            raise ExchangeError("timeout", "the provider did not answer in time") from None
+        except httpx2.TransportError:
+            raise ExchangeError("unreachable", "the provider could not be reached") from None
+        except (httpx2.HTTPError, ValueError):
+            raise ExchangeError("bad_response", "the provider's answer was not usable") from None
+    parse = provider.hooks.parse_token or (lambda r: standard_token(r, provider.scope_separator))
+    try:
+        return parse(dict(raw))
+    except TokenError as exc:
+        raise ExchangeError(exc.code or "bad_response", str(exc)) from None
+
+
+def expires_at(provider: OAuth2Provider, token: TokenResponse, now: datetime
+               ) -> datetime | None:
+    seconds = token.expires_in or provider.default_expires_in
+    return now + timedelta(seconds=seconds) if seconds else None
+
+
+def metadata(provider: OAuth2Provider, token: TokenResponse) -> dict[str, Any]:
+    """The declared ``token_metadata`` paths that hold plain values. Tokens are never
+    metadata: paths ending in a token-like name are refused at any depth."""
+    out: dict[str, Any] = {}
+    for path in provider.token_metadata:
+        value: Any = token.raw
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str | int | bool) and not _secret_name(path):
+            out[path] = value
+    return out
+
+
+def _secret_name(path: str) -> bool:
+    last = path.rsplit(".", 1)[-1]
+    return "token" in last or "secret" in last or last in ("code", "password")

@@ -1,0 +1,108 @@
+"""Short-lived state shared by the broker's processes: OAuth state records and connect
+forms. Redis when ``BROKER_REDIS_URL`` is set, process memory otherwise; one interface.
+
+Records are stored under the SHA-256 of their key, with a TTL, and taken atomically
+(``GETDEL``): a record is handed out once, however many requests race for it. With Redis
+configured but unreachable every call raises :class:`StateUnavailable` (a 503); there is no
+fallback to memory, which would split the state between processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+
+class StateUnavailable(Exception):
+    """The state store cannot be reached."""
+
+
+def _key(kind: str, token: str) -> str:
+    return f"broker:{kind}:{hashlib.sha256(token.encode()).hexdigest()}"
+
+
+class StateStore(Protocol):
+    async def put(self, kind: str, token: str, record: dict[str, Any], ttl: int) -> None: ...
+    async def get(self, kind: str, token: str) -> dict[str, Any] | None: ...
+    async def take(self, kind: str, token: str) -> dict[str, Any] | None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class MemoryState:
+    """One process only: ``take`` is atomic because the event loop runs one coroutine at a
+    time and it does not await between reading and deleting."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple[float, str]] = {}
+
+    def _live(self, key: str) -> str | None:
+        found = self._records.get(key)
+        if found is None:
+            return None
+        if found[0] <= time.monotonic():
+            del self._records[key]
+            return None
+        return found[1]
+
+    async def put(self, kind: str, token: str, record: dict[str, Any], ttl: int) -> None:
+        now = time.monotonic()
+        self._records = {k: v for k, v in self._records.items() if v[0] > now}
+        self._records[_key(kind, token)] = (now + ttl, json.dumps(record))
+
+    async def get(self, kind: str, token: str) -> dict[str, Any] | None:
+        raw = self._live(_key(kind, token))
+        return None if raw is None else json.loads(raw)
+
+    async def take(self, kind: str, token: str) -> dict[str, Any] | None:
+        key = _key(kind, token)
+        raw = self._live(key)
+        self._records.pop(key, None)
+        return None if raw is None else json.loads(raw)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._records.clear()
+
+
+class RedisState:
+    def __init__(self, url: str):
+        self._redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                        health_check_interval=10)
+
+    async def _call(self, command: str, *args: Any) -> Any:
+        try:
+            return await self._redis.execute_command(command, *args)
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(type(exc).__name__) from None
+
+    async def put(self, kind: str, token: str, record: dict[str, Any], ttl: int) -> None:
+        await self._call("SET", _key(kind, token), json.dumps(record), "EX", ttl)
+
+    async def get(self, kind: str, token: str) -> dict[str, Any] | None:
+        raw = await self._call("GET", _key(kind, token))
+        return None if raw is None else json.loads(raw)
+
+    async def take(self, kind: str, token: str) -> dict[str, Any] | None:
+        raw = await self._call("GETDEL", _key(kind, token))
+        return None if raw is None else json.loads(raw)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call("PING"))
+        except StateUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def open_state(redis_url: str | None) -> StateStore:
+    return RedisState(redis_url) if redis_url else MemoryState()
