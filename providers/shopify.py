@@ -3,7 +3,39 @@
 https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant
 """
 
-from broker.spec import Action, Field, OAuth2Provider, Request
+import hashlib
+import hmac
+import re
+import time
+
+from broker.spec import Action, Callback, CallbackError, Field, Hooks, OAuth2Provider, Request
+
+SHOP = r"[a-zA-Z0-9][a-zA-Z0-9-]*\.myshopify\.com"
+# Shopify's own libraries accept a callback timestamp this far from the local clock.
+CLOCK_TOLERANCE = 90
+
+
+def validate_callback(callback: Callback) -> None:
+    # The callback is signed: hex HMAC-SHA256 with the app secret over every other query
+    # parameter, sorted, as k=v joined by & (docs: "Verify a request"; shopify-app-js
+    # hmac-validator). Checked before the code is sent anywhere.
+    params = dict(callback.query)
+    if len(params) != len(callback.query):
+        raise CallbackError("a parameter is repeated")
+    given = params.pop("hmac", "")
+    params.pop("signature", None)
+    message = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+    expected = hmac.new(callback.client_secret.encode(), message.encode(),
+                        hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, given):
+        raise CallbackError("the callback signature does not match")
+    timestamp = params.get("timestamp", "")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CLOCK_TOLERANCE:
+        raise CallbackError("the callback is too old")
+    shop = params.get("shop", "")
+    if not re.fullmatch(SHOP, shop) or shop.lower() != callback.inputs.get("shop", "").lower():
+        raise CallbackError("the callback names another shop")
+
 
 provider = OAuth2Provider(
     slug="shopify",
@@ -13,8 +45,7 @@ provider = OAuth2Provider(
     docs_url="https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant",
     fields=(
         # Shopify's own shop validator; never a free host, so the URLs below stay on Shopify.
-        Field(name="shop", label="Shop domain", pattern=r"[a-zA-Z0-9][a-zA-Z0-9-]*\.myshopify\.com",
-              example="acme.myshopify.com"),
+        Field(name="shop", label="Shop domain", pattern=SHOP, example="acme.myshopify.com"),
     ),
     authorize_url="https://{shop}/admin/oauth/authorize",
     token_url="https://{shop}/admin/oauth/access_token",
@@ -24,6 +55,7 @@ provider = OAuth2Provider(
     client_auth_method="client_secret_post",
     # Expiring offline tokens (60 min + refresh token); required for new public apps.
     token_params={"expiring": "1"},
+    hooks=Hooks(validate_callback=validate_callback),
     health_check=Request(method="POST", url="https://{shop}/admin/api/2025-10/graphql.json"),
     actions=(
         Action(name="orders.read", description="Read orders."),

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import httpx2
 import pytest
 
-from tests.fakes.fixtures import fake_providers, fakes  # noqa: F401
+from tests.fakes.fixtures import fake_providers, fresh_fakes  # noqa: F401
 from tests.fakes.providers import (
     CLIENT_ID,
     CLIENT_SECRET,

@@ -38,7 +38,13 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunspli
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 CLIENT_ID = "fake-client-id"
@@ -108,8 +114,9 @@ class FakeState:
     revoke_requests: list[dict[str, Any]] = field(default_factory=list)
     shopify_authorize_requests: list[dict[str, str]] = field(default_factory=list)
     shopify_token_requests: list[dict[str, Any]] = field(default_factory=list)
-    api_requests: list[dict[str, Any]] = field(default_factory=list)  # userinfo, Shopify
-    # GraphQL, Postmark, Mailgun: provider, method, path, headers, raw body
+    # API calls (userinfo, Shopify GraphQL, Postmark, Mailgun): provider, method, path, query,
+    # headers, raw body.
+    api_requests: list[dict[str, Any]] = field(default_factory=list)
     returns: list[dict[str, str]] = field(default_factory=list)  # /app/done queries
 
     # Issued credentials (the fakes' "database").
@@ -175,6 +182,12 @@ def _redirect(url: str) -> RedirectResponse:
 def _oauth_error(status: int, error: str, description: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status,
                         headers={"Cache-Control": "no-store", **headers})
+
+
+def _invalid_client(problem: str) -> JSONResponse:
+    # RFC 6749 5.2: 401 with WWW-Authenticate when the client tried Basic; harmless otherwise.
+    challenge = {"WWW-Authenticate": 'Basic realm="fake"'}
+    return _oauth_error(401, "invalid_client", problem, **challenge)
 
 
 def _token_response(body: dict[str, Any]) -> JSONResponse:
@@ -332,7 +345,8 @@ def _client_auth_problem(request: Request, body: dict[str, str], state: FakeStat
         if body.get("client_id", client_id) != client_id:
             return "client_id in the body differs from the Basic one"
     elif "client_secret" in body:
-        method, client_id, secret = "client_secret_post", body.get("client_id"), body["client_secret"]
+        method = "client_secret_post"
+        client_id, secret = body.get("client_id"), body["client_secret"]
     else:
         return "no client authentication"
     if state.client_auth_method not in ("any", method):
@@ -372,11 +386,11 @@ async def token(request: Request) -> Response:
         return forced
     if record["content_type"] != "application/x-www-form-urlencoded" and not (
             record["content_type"] == "application/json" and state.accept_json):
-        return _oauth_error(400, "invalid_request", "body must be application/x-www-form-urlencoded")
+        return _oauth_error(400, "invalid_request",
+                            "body must be application/x-www-form-urlencoded")
     body = {k: str(v) for k, v in record["body"].items()}
     if problem := _client_auth_problem(request, body, state):
-        # RFC 6749 5.2: 401 plus WWW-Authenticate when the client tried Basic; harmless otherwise.
-        return _oauth_error(401, "invalid_client", problem, **{"WWW-Authenticate": 'Basic realm="fake"'})
+        return _invalid_client(problem)
 
     grant_type = body.get("grant_type")
     if grant_type == "authorization_code":
@@ -406,7 +420,7 @@ async def revoke(request: Request) -> Response:
     record = await _record_body(request, state.revoke_requests)
     body = {k: str(v) for k, v in record["body"].items()}
     if problem := _client_auth_problem(request, body, state):
-        return _oauth_error(401, "invalid_client", problem, **{"WWW-Authenticate": 'Basic realm="fake"'})
+        return _invalid_client(problem)
     # RFC 7009 2.2: 200 whether or not the token was valid.
     state.access_tokens.pop(body.get("token", ""), None)
     state.refresh_tokens.pop(body.get("token", ""), None)
@@ -472,7 +486,8 @@ def _shopify_approve(shop: str, query: dict[str, str], state: FakeState) -> Redi
     secret = state.client_secret + ("-tampered" if state.shopify_tamper_hmac else "")
     signed = shopify_hmac(signed_params, secret)
     # Shopify sends the parameters in alphabetical order, hmac included.
-    return _redirect(_with_query(query["redirect_uri"], dict(sorted({**params, "hmac": signed}.items()))))
+    callback = dict(sorted({**params, "hmac": signed}.items()))
+    return _redirect(_with_query(query["redirect_uri"], callback))
 
 
 async def shopify_authorize(request: Request) -> Response:

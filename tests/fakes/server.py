@@ -18,13 +18,13 @@ import uvicorn
 class RunningServer:
     """One uvicorn server on a free port of 127.0.0.1; ``start()`` returns its base URL."""
 
-    def __init__(self, app: Any, *, startup_timeout: float = 10.0) -> None:
+    def __init__(self, app: Any, *, startup_timeout: float = 10.0, lifespan: str = "off") -> None:
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=0,  # the OS picks a free port; read back once the socket is bound
             log_level="warning",
-            lifespan="off",
+            lifespan=lifespan,  # "on" for the broker itself, which opens its pools there
             ws="none",
             # A handler parked by a "hang" knob must not hold shutdown for long.
             timeout_graceful_shutdown=2,
