@@ -18,11 +18,12 @@ import uvicorn
 class RunningServer:
     """One uvicorn server on a free port of 127.0.0.1; ``start()`` returns its base URL."""
 
-    def __init__(self, app: Any, *, startup_timeout: float = 10.0, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, *, startup_timeout: float = 10.0, lifespan: str = "off",
+                 port: int = 0) -> None:
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
-            port=0,  # the OS picks a free port; read back once the socket is bound
+            port=port,  # 0: the OS picks a free port; read back once the socket is bound
             log_level="warning",
             lifespan=lifespan,  # "on" for the broker itself, which opens its pools there
             ws="none",
