@@ -160,6 +160,18 @@ class TokenResponse:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
+def seconds(value: Any) -> int | None:
+    """A positive lifetime in seconds, or None. Providers send ints, floats and strings, and
+    some send 0 for "does not expire"."""
+    if isinstance(value, bool):
+        return None
+    try:
+        found = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return found if found > 0 else None
+
+
 def standard_token(raw: Mapping[str, Any], separator: str = " ") -> TokenResponse:
     """RFC 6749 section 5.1: the default ``parse_token``."""
     if "error" in raw:
@@ -171,15 +183,12 @@ def standard_token(raw: Mapping[str, Any], separator: str = " ") -> TokenRespons
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise TokenError("the token response is not a bearer token")
     refresh = raw.get("refresh_token")
-    expires_in = raw.get("expires_in")
     scope = raw.get("scope", "")
     return TokenResponse(
         access_token=access,
         token_type="bearer",
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        # Some providers send expires_in as a string, some send 0 for "does not expire".
-        expires_in=int(expires_in) if str(expires_in).isdigit() and int(expires_in) > 0
-        else None,
+        expires_in=seconds(raw.get("expires_in")),
         scopes=tuple(s for s in re.split(r"[ ,]+", scope) if s) if isinstance(scope, str)
         else (),
         raw=raw,

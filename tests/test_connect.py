@@ -532,3 +532,45 @@ async def test_memory_state_take_is_single_use() -> None:
     assert await memory.get("oauth", "t") == {"a": 1}
     assert await memory.take("oauth", "t") == {"a": 1}
     assert await memory.take("oauth", "t") is None
+
+
+# -- webhook URLs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://127.0.0.1/hook", False), ("https://localhost/hook", False),
+    ("https://10.0.0.8/hook", False), ("https://192.168.1.1/x", False),
+    ("https://169.254.169.254/latest/meta-data", False), ("https://[::1]/x", False),
+    ("https://0.0.0.0/x", False), ("https://100.64.0.1/x", False),
+    ("https://2130706433/x", False),  # 127.0.0.1 as a decimal integer
+    ("http://93.184.215.14/hook", False), ("https://user:pw@93.184.215.14/x", False),
+    ("https://93.184.215.14/hook", True), ("https://[2606:4700::1111]/hook", True),
+])
+def test_webhook_urls_must_be_public_https(url: str, allowed: bool) -> None:
+    from broker.credentials_form import check_webhook_url
+
+    assert (check_webhook_url(url, allow_private=False) is None) is allowed, url
+
+
+async def test_webhook_form_refuses_internal_targets(f: Flow) -> None:
+    project = new_project()
+    page = await f.get(await f.install_url(project, "webhook"))
+    action = page.text.split("action='", 1)[1].split("'", 1)[0]
+    for url in ("https://127.0.0.1:9/x", "https://169.254.169.254/", "http://93.184.215.14/"):
+        r = await f.browser.post(action, data={"url": url})
+        assert r.status_code == 422, url
+    assert await f.integrations(project) == []
+    r = await f.browser.post(action, data={"url": "https://93.184.215.14/hooks/abc"})
+    assert r.headers["location"] == f"{APP}/done?status=success&provider=webhook"
+    [integration] = await f.integrations(project)
+    assert integration.setup_type == "webhook" and integration.provider_metadata == {}
+
+
+async def test_webhook_private_hosts_allowed_when_configured_for_tests(
+        flow_settings: Settings, ring: KeyRing, fakes: tuple[str, FakeState]) -> None:
+    settings = replace(flow_settings, allow_private_webhooks=True)
+    async for f in make_flow(settings, ring, fakes):
+        project = new_project()
+        page = await f.get(await f.install_url(project, "webhook"))
+        action = page.text.split("action='", 1)[1].split("'", 1)[0]
+        r = await f.browser.post(action, data={"url": "https://127.0.0.1:9/x"})
+        assert r.status_code == 302
