@@ -1,5 +1,6 @@
 """Credentials typed into the connect page (API keys, passwords, webhook URLs): check the
-inputs against their fields, then verify them with the provider before anything is stored."""
+inputs against their fields and webhook targets against internal addresses. Verification
+with the provider is ``broker.checks``."""
 
 from __future__ import annotations
 
@@ -9,21 +10,9 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-import httpx2
-
-from broker.flow import fill
-from broker.spec import ApiKeyProvider, Basic, Field, Header, Provider, WebhookProvider
+from broker.spec import Field, Provider
 
 MAX_INPUT = 2048
-MAX_REASON = 200
-
-
-class Rejected(Exception):
-    """The provider refused the credential; the message is its reason, safe to show."""
-
-
-class NotVerified(Exception):
-    """The provider could not be asked (down, slow, odd answer); nothing was stored."""
 
 
 def check_inputs(fields: tuple[Field, ...], form: Mapping[str, str]) -> tuple[
@@ -65,53 +54,6 @@ def check_webhook_url(url: str, *, allow_private: bool) -> str | None:
         if not address.is_global:
             return "The webhook URL points at a private or internal address."
     return None
-
-
-def request_auth(provider: ApiKeyProvider, values: Mapping[str, str]) -> tuple[
-        dict[str, str], tuple[str, str] | None]:
-    """Headers and basic-auth pair that present the credential to the provider."""
-    if isinstance(provider.apply, Header):
-        return {provider.apply.name: fill(provider.apply.template, values)}, None
-    assert isinstance(provider.apply, Basic)
-    return {}, (fill(provider.apply.username, values), fill(provider.apply.password, values))
-
-
-def _reason(response: httpx2.Response) -> str:
-    # Providers put their reason under different names; take the first short string.
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        for key in ("message", "Message", "error_description", "error", "detail"):
-            value = body.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip()[:MAX_REASON]
-    return f"The provider answered HTTP {response.status_code}."
-
-
-async def verify(provider: Provider, values: Mapping[str, str], http: httpx2.AsyncClient
-                 ) -> None:
-    """Run the provider's declared verification request with the typed credential."""
-    if isinstance(provider, WebhookProvider) or not isinstance(provider, ApiKeyProvider):
-        return
-    if provider.verify is None:
-        return
-    headers, auth = request_auth(provider, values)
-    try:
-        response = await http.request(
-            provider.verify.method, fill(provider.verify.url, values),
-            headers={"Accept": "application/json", **headers},
-            auth=auth if auth else httpx2.USE_CLIENT_DEFAULT)
-    except httpx2.HTTPError:
-        raise NotVerified("The provider could not be reached to check the credential; "
-                          "try again in a moment.") from None
-    if response.status_code in provider.verify.expect_status:
-        return
-    if response.status_code in (400, 401, 403, 404, 422):
-        raise Rejected(_reason(response))
-    raise NotVerified(f"The provider could not check the credential (HTTP "
-                      f"{response.status_code}); try again in a moment.")
 
 
 def secret_and_plain(provider: Provider, values: Mapping[str, str]) -> tuple[

@@ -66,6 +66,45 @@ def _limit(response: httpx2.Response) -> httpx2.Response:
     return response
 
 
+class _OAuthClient(AsyncOAuth2Client):  # type: ignore[misc]
+    """Authlib's client, posting token requests as JSON for providers that declare
+    ``token_request_format="json"`` (Authlib itself only sends forms)."""
+
+    def __init__(self, provider: OAuth2Provider, client: ClientCredentials, timeout: float):
+        super().__init__(client.client_id, client.client_secret,
+                         token_endpoint_auth_method=provider.client_auth_method,
+                         timeout=timeout, follow_redirects=False, trust_env=False)
+        self._json = provider.token_request_format == "json"
+        self.register_compliance_hook("access_token_response", _limit)
+        self.register_compliance_hook("refresh_token_response", _limit)
+
+    async def post(self, url: Any, *, data: Any = None, headers: Any = None,
+                   **kwargs: Any) -> httpx2.Response:
+        if self._json and data is not None:
+            headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
+            return await super().post(url, json=data, headers=headers, **kwargs)
+        return await super().post(url, data=data, headers=headers, **kwargs)
+
+
+async def _token_call(provider: OAuth2Provider, call: Any) -> TokenResponse:
+    try:
+        raw = await call
+    except AuthlibBaseError as exc:
+        raise ExchangeError(str(exc.error or "invalid_grant")[:64],
+                            "the provider refused the grant") from None
+    except httpx2.TimeoutException:
+        raise ExchangeError("timeout", "the provider did not answer in time") from None
+    except httpx2.TransportError:
+        raise ExchangeError("unreachable", "the provider could not be reached") from None
+    except (httpx2.HTTPError, ValueError):
+        raise ExchangeError("bad_response", "the provider's answer was not usable") from None
+    parse = provider.hooks.parse_token or (lambda r: standard_token(r, provider.scope_separator))
+    try:
+        return parse(dict(raw))
+    except TokenError as exc:
+        raise ExchangeError(exc.code or "bad_response", str(exc)) from None
+
+
 async def exchange(provider: OAuth2Provider, client: ClientCredentials, *, code: str,
                    redirect_uri: str, verifier: str | None, inputs: Mapping[str, str],
                    timeout: float) -> TokenResponse:
@@ -74,30 +113,39 @@ async def exchange(provider: OAuth2Provider, client: ClientCredentials, *, code:
     extra: dict[str, Any] = dict(provider.token_params)
     if provider.pkce and verifier:
         extra["code_verifier"] = verifier
-    async with AsyncOAuth2Client(
-        client.client_id, client.client_secret,
-        token_endpoint_auth_method=provider.client_auth_method,
-        timeout=timeout, follow_redirects=False, trust_env=False,
-    ) as oauth:
-        oauth.register_compliance_hook("access_token_response", _limit)
-        try:
-            raw = await oauth.fetch_token(fill(provider.token_url, inputs),
-                                          grant_type="authorization_code", code=code,
-                                          redirect_uri=redirect_uri, **extra)
-        except AuthlibBaseError as exc:
-            raise ExchangeError(str(exc.error or "invalid_grant")[:64],
-                                "the provider refused the authorization code") from None
-        except httpx2.TimeoutException:
-            raise ExchangeError("timeout", "the provider did not answer in time") from None
-        except httpx2.TransportError:
-            raise ExchangeError("unreachable", "the provider could not be reached") from None
-        except (httpx2.HTTPError, ValueError):
-            raise ExchangeError("bad_response", "the provider's answer was not usable") from None
-    parse = provider.hooks.parse_token or (lambda r: standard_token(r, provider.scope_separator))
+    async with _OAuthClient(provider, client, timeout) as oauth:
+        return await _token_call(provider, oauth.fetch_token(
+            fill(provider.token_url, inputs), grant_type="authorization_code", code=code,
+            redirect_uri=redirect_uri, **extra))
+
+
+async def refresh(provider: OAuth2Provider, client: ClientCredentials, *,
+                  refresh_token: str, inputs: Mapping[str, str], timeout: float
+                  ) -> TokenResponse:
+    """Spend ``refresh_token`` once. A response without a new refresh token means the old
+    one stays valid (RFC 6749 section 6): Authlib then hands the old one back."""
+    async with _OAuthClient(provider, client, timeout) as oauth:
+        return await _token_call(provider, oauth.refresh_token(
+            fill(provider.token_url, inputs), refresh_token=refresh_token))
+
+
+async def revoke(http: httpx2.AsyncClient, provider: OAuth2Provider,
+                 client: ClientCredentials, *, token: str, hint: str,
+                 inputs: Mapping[str, str]) -> bool:
+    """Revoke ``token`` at the provider's ``revoke_url``; True when the provider accepted
+    (RFC 7009: an already invalid token is a 200 too)."""
+    if provider.revoke_url is None:
+        return False
+    url = fill(provider.revoke_url, inputs)
     try:
-        return parse(dict(raw))
-    except TokenError as exc:
-        raise ExchangeError(exc.code or "bad_response", str(exc)) from None
+        if provider.revoke_style == "bearer":
+            response = await http.post(url, headers={"Authorization": f"Bearer {token}"})
+        else:
+            async with _OAuthClient(provider, client, http.timeout.read or 10.0) as oauth:
+                response = await oauth.revoke_token(url, token=token, token_type_hint=hint)
+    except httpx2.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 def expires_at(provider: OAuth2Provider, token: TokenResponse, now: datetime

@@ -108,13 +108,18 @@ class Action:
 class Request:
     """A declarative HTTP request: a credential check or a health check.
 
-    ``url`` may hold ``{field}`` placeholders. The request succeeds when the status is in
-    ``expect_status``.
+    ``url`` may hold ``{field}`` placeholders. ``json`` is sent as the body, ``headers`` as
+    static headers (an API version, an ``Accept``). The request succeeds when the status is
+    in ``expect_status`` and, when ``expect_json`` is given, the response JSON holds each of
+    its top-level values (Slack answers errors with HTTP 200 and ``"ok": false``).
     """
 
     url: str
     method: Literal["GET", "POST"] = "GET"
+    json: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
     expect_status: tuple[int, ...] = (200,)
+    expect_json: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,7 +298,10 @@ class OAuth2Provider(Provider):
     """An OAuth 2.0 authorization-code provider.
 
     ``authorize_url``, ``token_url``, ``revoke_url``
-        endpoints; ``revoke_url`` is optional (RFC 7009 style revocation).
+        endpoints; ``revoke_url`` is optional. The token endpoint also refreshes.
+    ``revoke_style``
+        ``rfc7009``: POST ``token`` and ``token_type_hint`` with client authentication;
+        ``bearer``: POST with the token to revoke as the bearer credential (Slack).
     ``scopes``, ``scope_separator``
         the scopes requested by default and how they are joined (``" "`` or ``","``).
     ``pkce``
@@ -309,6 +317,9 @@ class OAuth2Provider(Provider):
         (``team.id``, ``instance_url``); never a secret.
     ``default_expires_in``
         seconds, for providers whose token response carries no ``expires_in``.
+    ``token_header``
+        how API requests (the health check) present the access token; the template sees
+        ``{access_token}`` and the fields. Shopify: ``X-Shopify-Access-Token``.
     ``hooks``
         quirks as code; see :class:`Hooks`.
     """
@@ -318,6 +329,7 @@ class OAuth2Provider(Provider):
     authorize_url: str
     token_url: str
     revoke_url: str | None = None
+    revoke_style: Literal["rfc7009", "bearer"] = "rfc7009"
     scopes: tuple[str, ...] = ()
     scope_separator: str = " "
     pkce: bool = True
@@ -329,6 +341,7 @@ class OAuth2Provider(Provider):
     token_params: Mapping[str, str] = field(default_factory=dict)
     token_metadata: tuple[str, ...] = ()
     default_expires_in: int | None = None
+    token_header: Header = Header(name="Authorization", template="Bearer {access_token}")
     hooks: Hooks = Hooks()
 
     def validate(self) -> None:

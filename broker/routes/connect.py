@@ -18,10 +18,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from broker import connect, flow, installs, pages
-from broker.credentials_form import (
-    NotVerified, Rejected, check_inputs, check_webhook_url, secret_and_plain, verify,
-)
+from broker import checks, connect, flow, installs, pages
+from broker.checks import NotVerified, Rejected
+from broker.credentials_form import check_inputs, check_webhook_url, secret_and_plain
 from broker.db import utcnow
 from broker.errors import ApiError
 from broker.http import read_form
@@ -186,7 +185,7 @@ async def submit_form(request: Request) -> Response:
             return await _start_oauth(request, provider, {**record, "inputs": values},
                                       _binding(request) or "")
         try:
-            await verify(provider, values, app.http)
+            await checks.verify(app.http, provider, values)
         except Rejected as exc:
             return _form(request, provider, form_id, values=values, errors={},
                          notice=f"{provider.name} rejected the credential: {exc}", status=422)
