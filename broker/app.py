@@ -12,20 +12,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-import httpx2
-
-from broker import openapi, registry
+from broker import openapi
 from broker.auth import api_key_route, service_route
+from broker.credentials import Credentials
 from broker.crypto import KeyRing
-from broker.db import create_engine, sessionmaker
 from broker.errors import ApiError
 from broker.http import Json, RequestContext, api_error, http_error
 from broker.routes import api, connect, health, internal
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
-from broker.state import StateStore, open_state
+from broker.runtime import open_runtime
+from broker.state import StateStore
 
 V1 = "/v1/projects/{projectId}/integrations"
+INTERNAL = "/internal/v1/projects/{projectId}/integrations"
 
 
 def routes() -> list[Route]:
@@ -44,6 +44,14 @@ def routes() -> list[Route]:
               methods=["DELETE"]),
         Route("/internal/v1/projects/{projectId}/connect-sessions",
               service_route(internal.create_connect_session), methods=["POST"]),
+        Route(f"{INTERNAL}/{{provider}}/credentials", service_route(internal.get_credentials),
+              methods=["GET"]),
+        Route(f"{INTERNAL}/{{provider}}/lifecycle", service_route(internal.update_lifecycle),
+              methods=["PATCH"]),
+        Route(f"{INTERNAL}/{{provider}}", service_route(internal.disconnect_integration),
+              methods=["DELETE"]),
+        Route("/internal/v1/projects/{projectId}/audit", service_route(internal.list_audit),
+              methods=["GET"]),
         Route("/connect/{session}", connect.open_connect, methods=["GET"]),
         Route("/connect/forms/{form}", connect.submit_form, methods=["POST"]),
         Route("/oauth/{provider}/callback", connect.oauth_callback, methods=["GET"]),
@@ -70,25 +78,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.settings = settings
-        app.state.ring = ring or KeyRing.load(settings.keys_file, settings.keys)
-        if providers is None:
-            app.state.providers, app.state.clients = registry.load_configured(settings)
-        else:
-            app.state.providers, app.state.clients = providers, clients or {}
-        app.state.engine = create_engine(settings.database_url)
-        app.state.sessions = sessionmaker(app.state.engine)
-        app.state.state_store = state_store or open_state(settings.redis_url)
-        # One pooled client for provider calls; it follows no redirects, so a credential
-        # is never carried to a host the declaration did not name.
-        app.state.http = httpx2.AsyncClient(timeout=settings.provider_timeout,
-                                            follow_redirects=False, trust_env=False)
-        try:
-            yield
-        finally:
-            await app.state.http.aclose()
-            await app.state.state_store.close()
-            await app.state.engine.dispose()
+        async with open_runtime(settings, ring=ring, providers=providers, clients=clients,
+                                state_store=state_store) as runtime:
+            for name, value in vars(runtime).items():
+                setattr(app.state, name, value)
+            app.state.credentials = Credentials(runtime)
+            async with app.state.credentials.running():
+                yield
 
     return Starlette(
         routes=routes(),

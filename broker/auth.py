@@ -114,12 +114,16 @@ async def authenticate_service(session: AsyncSession, header: str | None) -> str
     valid = apikeys.matches(presented, row.token_hash if row else b"\0" * 32)
     if row is None or not valid or row.revoked_at is not None:
         raise ServiceUnauthorized()
-    now = utcnow()
+    now, token_id = utcnow(), row.id
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        await session.execute(update(ServiceToken).where(ServiceToken.id == row.id)
+        await session.execute(update(ServiceToken).where(ServiceToken.id == token_id)
                               .values(last_used_at=now))
         await session.commit()
-    return row.id
+    else:
+        # End the read transaction: a request that then waits (on a refresh) must not hold
+        # a pooled connection while it does.
+        await session.rollback()
+    return token_id
 
 
 def service_route(endpoint: Callable[[ServiceCtx], Awaitable[Response]]

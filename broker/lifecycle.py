@@ -178,7 +178,7 @@ async def _wipe(session: AsyncSession, integration: Integration) -> bool:
 
 async def disconnect(
     session: AsyncSession, integration: Integration, actor: Actor, *,
-    revoke: bool, revoked: list[str],
+    revoke: bool, revoked: list[str], revocation_error: str | None = None,
 ) -> bool:
     """Disconnect: status ``disconnected``, sidebar hidden, health cleared, credential
     material destroyed (the row keeps its history). Returns whether anything changed.
@@ -197,5 +197,6 @@ async def disconnect(
                        project_id=integration.project_id, integration=integration,
                        actor_key_id=actor.key_id, request_id=actor.request_id,
                        details={"from": before, "to": after, "credential_destroyed": destroyed,
-                                "revoke_requested": revoke, "revoked": revoked})
+                                "revoke_requested": revoke, "revoked": revoked,
+                                "revocation_error": revocation_error})
     return True

@@ -94,6 +94,12 @@ class Credential(Base):
     scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(default=1)
+    # Transient refresh failures back off until retry_at; reads are recorded (who, when).
+    refresh_failures: Mapped[int] = mapped_column(default=0)
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_read_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -11,6 +11,7 @@ from typing import Any
 from broker import __version__
 
 V1 = "/v1/projects/{projectId}/integrations"
+INTERNAL = "/internal/v1/projects/{projectId}/integrations"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -61,6 +62,17 @@ def _browser(op_id: str, summary: str, param: str, responses: dict[str, Any]
             "responses": responses}
 
 
+def _internal(op_id: str, summary: str, responses: dict[str, Any], *,
+              params: tuple[str, ...] = ("projectId", "provider"),
+              query: list[dict[str, Any]] | None = None,
+              body: dict[str, Any] | None = None) -> dict[str, Any]:
+    op = _op(op_id, summary, "service", responses, params=params, query=query, body=body)
+    op["security"] = [{"ServiceToken": []}]
+    op["description"] = ("Requires a service token. `X-Acting-Key-Id` names the API key the "
+                         "main API acts for; it is carried into the audit record.")
+    return op
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
@@ -101,6 +113,9 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"},
             "revoked": {"type": "array", "items": {"type": "string"},
                         "description": "Only on DELETE with revoke=true: what was revoked."},
+            "revocation_error": {"type": ["string", "null"],
+                                 "description": "Only on DELETE with revoke=true: why "
+                                                "nothing was revoked."},
         },
     },
     "CatalogEntry": {
@@ -137,6 +152,17 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"provider": {"type": "string"},
                        "install_url": {"type": "string", "format": "uri"},
                        "setup_type": SETUP_TYPE, "message": {"type": "string"}},
+    },
+    "Credential": {
+        "type": "object", "required": ["provider", "setup_type", "metadata", "allowed_actions"],
+        "properties": {
+            "provider": {"type": "string"}, "setup_type": SETUP_TYPE,
+            "access_token": {"type": "string"}, "token_type": {"type": "string"},
+            "expires_at": TIMESTAMP, "scopes": {"type": "array", "items": {"type": "string"}},
+            "api_key": {"type": ["string", "null"]}, "fields": {"type": "object"},
+            "metadata": {"type": "object"},
+            "allowed_actions": {"type": "array", "items": {"type": "string"}},
+        },
     },
     "ConnectSessionRequest": {
         "type": "object", "additionalProperties": False, "required": ["provider"],
@@ -249,6 +275,33 @@ def spec(server_url: str) -> dict[str, Any]:
                 "responses": {"201": {"description": "The connect link", "content": {
                     "application/json": {"schema": _data(_ref("ConnectSession"))}}},
                     **_errors(400, 401, 404, 422)}}},
+            f"{INTERNAL}/{{provider}}/credentials": {"get": _internal(
+                "getCredentials", "A usable credential, refreshed first if about to expire",
+                {"200": {"description": "The credential", "content": {"application/json": {
+                    "schema": _data(_ref("Credential"))}}},
+                 "409": {"description": "integration_paused, integration_disconnected or "
+                                        "reauth_required", "content": {"application/json": {
+                                            "schema": _ref("Error")}}},
+                 "503": {"description": "refresh_failed, refresh_busy or a dependency down"},
+                 **_errors(401, 404, 422)})},
+            f"{INTERNAL}/{{provider}}/lifecycle": {"patch": _internal(
+                "internalUpdateLifecycle", "As the v1 lifecycle PATCH, for the main API",
+                {"200": _ok("The updated integration", _ref("Integration")),
+                 **_errors(400, 401, 404, 409, 422)}, body=_ref("LifecyclePatch"))},
+            f"{INTERNAL}/{{provider}}": {"delete": _internal(
+                "internalDisconnect", "As the v1 DELETE, for the main API",
+                {"200": _ok("The disconnected integration", _ref("Integration")),
+                 **_errors(401, 404, 422)},
+                query=[_query("revoke", {"type": "string", "enum": ["true", "false"]},
+                              "Also revoke at the provider.")])},
+            "/internal/v1/projects/{projectId}/audit": {"get": _internal(
+                "listAudit", "The project's audit events, newest first",
+                {"200": {"description": "Events"}, **_errors(401, 404, 422)},
+                params=("projectId",),
+                query=[_query("limit", {"type": "string", "pattern": "^[0-9]{1,3}$"},
+                              "1-200, default 50"),
+                       _query("before", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                              "An event id: page to older events.")])},
             "/connect/{session}": {"get": _browser(
                 "openConnect", "Open a connect link: redirect to the provider or show a form",
                 "session", {"302": {"description": "On to the provider's consent"},

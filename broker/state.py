@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from typing import Any, Protocol
 
@@ -30,8 +31,18 @@ class StateStore(Protocol):
     async def put(self, kind: str, token: str, record: dict[str, Any], ttl: int) -> None: ...
     async def get(self, kind: str, token: str) -> dict[str, Any] | None: ...
     async def take(self, kind: str, token: str) -> dict[str, Any] | None: ...
+    async def acquire(self, name: str, ttl_ms: int) -> str | None: ...
+    async def release(self, name: str, owner: str) -> None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
+
+
+# Delete the lock only if this owner still holds it: a holder whose lock expired must not
+# release the next holder's.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class MemoryState:
@@ -65,6 +76,18 @@ class MemoryState:
         self._records.pop(key, None)
         return None if raw is None else json.loads(raw)
 
+    async def acquire(self, name: str, ttl_ms: int) -> str | None:
+        key, owner = f"broker:lock:{name}", secrets.token_hex(16)
+        if self._live(key) is not None:
+            return None
+        self._records[key] = (time.monotonic() + ttl_ms / 1000, owner)
+        return owner
+
+    async def release(self, name: str, owner: str) -> None:
+        key = f"broker:lock:{name}"
+        if self._live(key) == owner:
+            del self._records[key]
+
     async def ping(self) -> bool:
         return True
 
@@ -93,6 +116,15 @@ class RedisState:
     async def take(self, kind: str, token: str) -> dict[str, Any] | None:
         raw = await self._call("GETDEL", _key(kind, token))
         return None if raw is None else json.loads(raw)
+
+    async def acquire(self, name: str, ttl_ms: int) -> str | None:
+        """A lock owned by a random token, expiring after ``ttl_ms`` whatever happens."""
+        owner = secrets.token_hex(16)
+        done = await self._call("SET", f"broker:lock:{name}", owner, "NX", "PX", ttl_ms)
+        return owner if done else None
+
+    async def release(self, name: str, owner: str) -> None:
+        await self._call("EVAL", RELEASE, 1, f"broker:lock:{name}", owner)
 
     async def ping(self) -> bool:
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import apikeys
@@ -160,6 +160,33 @@ async def write_credential(
     cred.updated_at = now
     await session.flush()
     return cred
+
+
+async def swap_credential(
+    session: AsyncSession, ring: KeyRing, integration: Integration, *, expected_version: int,
+    secrets: Secrets, token_type: str | None, scopes: Sequence[str],
+    expires_at: datetime | None,
+) -> bool:
+    """Replace the credential only if it is still at ``expected_version`` (and still
+    exists): a compare-and-swap, so a late or concurrent writer never wins over a newer
+    token or a disconnect. Returns whether it wrote."""
+    sealed = ring.seal(row_context(integration), {
+        "access_token": _enc(secrets.access_token),
+        "refresh_token": _enc(secrets.refresh_token),
+        "secret": json.dumps(dict(secrets.fields)).encode() if secrets.fields else None,
+    })
+    now = utcnow()
+    result = await session.execute(
+        update(Credential)
+        .where(Credential.integration_id == integration.id,
+               Credential.version == expected_version)
+        .values(key_id=sealed.key_id, data_key_ct=sealed.data_key,
+                access_token_ct=sealed.fields["access_token"],
+                refresh_token_ct=sealed.fields["refresh_token"],
+                secret_ct=sealed.fields["secret"], token_type=token_type,
+                scopes=list(scopes), expires_at=expires_at, version=expected_version + 1,
+                refresh_failures=0, retry_at=None, refreshed_at=now, updated_at=now))
+    return bool(getattr(result, "rowcount", 0))
 
 
 def open_credential(ring: KeyRing, integration: Integration, cred: Credential) -> Secrets:

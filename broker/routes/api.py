@@ -11,7 +11,8 @@ from broker import catalog, connect, lifecycle, store
 from broker.auth import Ctx
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
-from broker.models import Integration
+from broker.credentials import revoke_at_provider
+from broker.models import Credential, Integration
 from broker.spec import Provider
 
 INSTALL_MESSAGES = {
@@ -164,15 +165,25 @@ async def disconnect_integration(ctx: Ctx) -> Response:
         raise Unprocessable("revoke must be true or false.")
     provider = _provider(ctx)
     integration = await _integration(ctx, provider)
-    revoke = revoke_param == "true"
-    # Revocation at the provider is the credentials service's job (it needs the provider's
-    # client credentials); until it lands, nothing is revoked and the response says so.
-    revoked: list[str] = []
-    await lifecycle.disconnect(ctx.session, integration,
+    return ok(await disconnect(ctx.request, ctx.session, integration,
                                lifecycle.Actor(ctx.caller.key_id, ctx.request_id),
-                               revoke=revoke, revoked=revoked)
-    await ctx.session.commit()
+                               revoke=revoke_param == "true"))
+
+
+async def disconnect(request: Any, session: Any, integration: Integration,
+                     actor: lifecycle.Actor, *, revoke: bool) -> dict[str, Any]:
+    """Disconnect (v1 and internal API): revoke at the provider first when asked, then wipe;
+    a failed revocation is reported and audited, and never keeps the credential."""
+    revoked: list[str] = []
+    problem = None
+    if revoke:
+        credential = await session.get(Credential, integration.id)
+        revoked, problem = await revoke_at_provider(request.app.state, integration, credential)
+    await lifecycle.disconnect(session, integration, actor, revoke=revoke, revoked=revoked,
+                               revocation_error=problem)
+    await session.commit()
     data = integration_json(integration)
     if revoke:
         data["revoked"] = revoked
-    return ok(data)
+        data["revocation_error"] = problem
+    return data

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 from typing import Any
 
+from sqlalchemy import select
 from starlette.responses import Response
 
-from broker import connect, store
+from broker import connect, lifecycle, store
 from broker.auth import ServiceCtx
 from broker.credentials_form import check_inputs
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
-from broker.routes.api import check_return_url
+from broker.models import AuditEvent, Integration
+from broker.routes.api import check_return_url, disconnect, integration_json
+from broker.spec import Provider
 
 
 async def create_connect_session(ctx: ServiceCtx) -> Response:
@@ -50,3 +54,87 @@ async def create_connect_session(ctx: ServiceCtx) -> Response:
     return ok({"connect_url": f"{settings.public_url}/connect/{token}",
                "expires_at": expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
               status=201)
+
+
+ACTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _project(ctx: ServiceCtx) -> str:
+    project = ctx.request.path_params["projectId"]
+    if not store.PROJECT_ID.match(project):
+        raise NotFound("No such project.")
+    return project
+
+
+def _actor(ctx: ServiceCtx) -> lifecycle.Actor:
+    """The API key the main API acted for (``X-Acting-Key-Id``), for the audit record."""
+    acting = ctx.request.headers.get("x-acting-key-id")
+    if acting is not None and not ACTING_KEY.match(acting):
+        raise Unprocessable("X-Acting-Key-Id must be an API key id (ak_...).")
+    return lifecycle.Actor(acting, ctx.request_id)
+
+
+async def get_credentials(ctx: ServiceCtx) -> Response:
+    """A usable credential for the main API to call the provider with."""
+    if ctx.request.query_params:
+        raise Unprocessable("This endpoint takes no query parameters.")
+    body = await ctx.request.app.state.credentials.handout(
+        _project(ctx), ctx.request.path_params["provider"], ctx.token_id)
+    return ok(body)
+
+
+async def _integration(ctx: ServiceCtx) -> tuple[Provider, Integration]:
+    provider = ctx.request.app.state.providers.get(ctx.request.path_params["provider"])
+    if provider is None:
+        raise NotFound("No provider with that name in the catalog.")
+    found = await store.get_integration(ctx.session, _project(ctx), provider.slug,
+                                        for_update=True)
+    if found is None:
+        raise NotFound(f"{provider.name} is not installed in this project.")
+    return provider, found
+
+
+async def update_lifecycle(ctx: ServiceCtx) -> Response:
+    actor = _actor(ctx)
+    provider = ctx.request.app.state.providers.get(ctx.request.path_params["provider"])
+    if provider is None:
+        raise NotFound("No provider with that name in the catalog.")
+    body = await read_json(ctx.request, ctx.request.app.state.settings.max_body_bytes)
+    changes = lifecycle.validate_patch(body, provider)
+    _, integration = await _integration(ctx)
+    await lifecycle.update(ctx.session, integration, changes, actor)
+    await ctx.session.commit()
+    return ok(integration_json(integration))
+
+
+async def disconnect_integration(ctx: ServiceCtx) -> Response:
+    actor = _actor(ctx)
+    unknown = set(ctx.request.query_params) - {"revoke"}
+    revoke = ctx.request.query_params.get("revoke", "false")
+    if unknown or revoke not in ("true", "false"):
+        raise Unprocessable("The only query parameter is revoke=true|false.")
+    _, integration = await _integration(ctx)
+    return ok(await disconnect(ctx.request, ctx.session, integration, actor,
+                               revoke=revoke == "true"))
+
+
+async def list_audit(ctx: ServiceCtx) -> Response:
+    """The project's audit events, newest first; page with ``before`` (an event id)."""
+    project = _project(ctx)
+    params = ctx.request.query_params
+    if set(params) - {"limit", "before"}:
+        raise Unprocessable("Query parameters are limit and before.")
+    limit, before = params.get("limit", "50"), params.get("before")
+    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+        raise Unprocessable("limit must be 1-200.")
+    if before is not None and not before.isdigit():
+        raise Unprocessable("before must be an event id.")
+    query = (select(AuditEvent).where(AuditEvent.project_id == project)
+             .order_by(AuditEvent.id.desc()).limit(int(limit)))
+    if before is not None:
+        query = query.where(AuditEvent.id < int(before))
+    events = list(await ctx.session.scalars(query))
+    return ok([{"id": e.id, "type": e.type, "provider": e.provider,
+                "integration_id": e.integration_id, "actor_key_id": e.actor_key_id,
+                "request_id": e.request_id, "details": e.details,
+                "created_at": e.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")} for e in events])
