@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker import openapi
+from broker import worker as background
 from broker.auth import api_key_route, service_route
 from broker.credentials import Credentials
 from broker.crypto import KeyRing
@@ -21,7 +23,7 @@ from broker.http import Json, RequestContext, api_error, http_error
 from broker.routes import api, connect, health, internal
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
-from broker.runtime import open_runtime
+from broker.runtime import Runtime, open_runtime
 from broker.state import StateStore
 
 V1 = "/v1/projects/{projectId}/integrations"
@@ -65,6 +67,22 @@ async def serve_openapi(request: Request) -> Response:
     return Json(openapi.spec(request.app.state.settings.public_url))
 
 
+@contextlib.asynccontextmanager
+async def _worker(runtime: Runtime, credentials: Credentials, enabled: bool
+                  ) -> AsyncIterator[None]:
+    """``serve --worker``: the background worker inside the server process."""
+    if not enabled:
+        yield
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(background.run(runtime, credentials, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 def create_app(
     settings: Settings,
     *,
@@ -72,6 +90,7 @@ def create_app(
     providers: Mapping[str, Provider] | None = None,
     clients: Mapping[str, ClientCredentials] | None = None,
     state_store: StateStore | None = None,
+    worker: bool = False,
 ) -> Starlette:
     """Build the ASGI app. The keyword arguments default to what ``settings`` and the
     installed entry points say; they are parameters so tests can hand in their own."""
@@ -82,8 +101,8 @@ def create_app(
                                 state_store=state_store) as runtime:
             for name, value in vars(runtime).items():
                 setattr(app.state, name, value)
-            app.state.credentials = Credentials(runtime)
-            async with app.state.credentials.running():
+            app.state.credentials = credentials = Credentials(runtime)
+            async with credentials.running(), _worker(runtime, credentials, worker):
                 yield
 
     return Starlette(

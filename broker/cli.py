@@ -91,7 +91,8 @@ def app_from_env() -> Any:
     return create_app(settings)
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
+def _serve(settings: Settings, host: str, port: int, workers: int,
+           worker: bool = False) -> int:
     import uvicorn
 
     from broker import logs
@@ -108,14 +109,44 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     common: dict[str, Any] = {"host": host, "port": port, "log_config": None,
                               "access_log": False, "server_header": False}
     if workers > 1:
+        if worker:
+            return _fail("--worker runs with one process; run `broker worker` beside "
+                         "`serve --workers N` instead")
         uvicorn.run("broker.cli:app_from_env", factory=True, workers=workers, **common)
     else:
-        uvicorn.run(create_app(settings, ring=ring), **common)
+        uvicorn.run(create_app(settings, ring=ring, worker=worker), **common)
     return 0
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    return _serve(settings, args.host, args.port, args.workers)
+    return _serve(settings, args.host, args.port, args.workers, args.worker)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Refresh ahead of expiry and run health checks until interrupted."""
+    import signal
+
+    from broker import logs
+    from broker import worker as background
+    from broker.credentials import Credentials
+    from broker.runtime import open_runtime
+
+    try:
+        ring = asyncio.run(preflight(settings))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logs.configure(settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_runtime(settings, ring=ring) as runtime:
+            await background.run(runtime, Credentials(runtime), stop, args.interval)
+
+    asyncio.run(main())
+    return 0
 
 
 def _migrate(settings: Settings) -> None:
@@ -156,7 +187,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
   Try:      curl -H 'X-API-Key: {key['key']}' \\
               http://{args.host}:{args.port}/v1/projects/{args.project}/integrations/catalog
 """, flush=True)
-    return _serve(settings, args.host, args.port, 1)
+    return _serve(settings, args.host, args.port, 1, worker=True)
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -377,8 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     server_args(p)
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes; more than 1 needs BROKER_REDIS_URL")
-    p = cmd("dev", cmd_dev, "run on embedded defaults: SQLite, a generated dev key ring in "
-            ".broker/, a demo project and a fresh API key printed once")
+    p.add_argument("--worker", action="store_true",
+                   help="also run the background worker (refresh, health checks) in this "
+                   "process; for single-process setups")
+    p = cmd("worker", cmd_worker, "run the background worker: refresh tokens ahead of "
+            "expiry and check each integration's health; one runner at a time across instances")
+    p.add_argument("--interval", type=float, default=30.0,
+                   help="seconds between sweeps (default 30)")
+    p = cmd("dev", cmd_dev, "run on embedded defaults: SQLite, in-process state and worker, a "
+            "generated dev key ring in .broker/, a demo project and a fresh API key printed once")
     server_args(p)
     p.add_argument("--project", type=_project_id, default="prj_demo",
                    help="demo project id (default prj_demo)")

@@ -61,10 +61,11 @@ def usable_or_raise(integration: Integration, credential: Credential | None) -> 
     return credential
 
 
-def needs_refresh(provider: Provider, credential: Credential, now: datetime) -> bool:
+def needs_refresh(provider: Provider, credential: Credential, now: datetime,
+                  margin: timedelta = MARGIN) -> bool:
     return (isinstance(provider, OAuth2Provider) and credential.expires_at is not None
             and credential.refresh_token_ct is not None
-            and credential.expires_at - now < MARGIN)
+            and credential.expires_at - now < margin)
 
 
 def backoff(failures: int) -> timedelta:
@@ -146,15 +147,16 @@ class Credentials:
 
     # -- refresh ---------------------------------------------------------------------------
 
-    async def refresh(self, integration_id: str) -> Loaded:
-        """Refresh once for everyone: readers in this process share one task."""
+    async def refresh(self, integration_id: str, margin: timedelta = MARGIN) -> Loaded:
+        """Refresh once for everyone: readers in this process share one task. ``margin``:
+        refresh when the token expires sooner than this (the worker looks further ahead)."""
         running = self._inflight.get(integration_id)
         if running is not None:
             return await asyncio.shield(running)
         future: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
         self._inflight[integration_id] = future
         try:
-            result = await self._refresh_across_processes(integration_id)
+            result = await self._refresh_across_processes(integration_id, margin)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody warns
@@ -172,7 +174,8 @@ class Credentials:
             raise NotFound("The integration no longer exists.")
         return loaded
 
-    async def _refresh_across_processes(self, integration_id: str) -> Loaded:
+    async def _refresh_across_processes(self, integration_id: str, margin: timedelta
+                                        ) -> Loaded:
         timeout = self.rt.settings.provider_timeout
         ttl_ms = int((2 * timeout + 5) * 1000)  # outlives the provider call it guards
         deadline = time.monotonic() + ttl_ms / 1000
@@ -183,25 +186,26 @@ class Credentials:
                 await asyncio.sleep(0.05)
                 integration, credential = await self._reload(integration_id)
                 provider = self.rt.providers[integration.provider]
-                if credential is None or not needs_refresh(provider, credential, utcnow()):
+                if credential is None or not needs_refresh(provider, credential, utcnow(),
+                                                           margin):
                     return integration, credential
                 if time.monotonic() > deadline:
                     raise Unavailable("Another refresh of this credential is taking too "
                                       "long.", code="refresh_busy")
             try:
-                return await self._refresh_locked(integration_id)
+                return await self._refresh_locked(integration_id, margin)
             finally:
                 await self.rt.state_store.release(name, owner)
         except StateUnavailable:
             raise Unavailable("The state store is unreachable.") from None
 
-    async def _refresh_locked(self, integration_id: str) -> Loaded:
+    async def _refresh_locked(self, integration_id: str, margin: timedelta) -> Loaded:
         integration, credential = await self._reload(integration_id)
         provider = self.rt.providers[integration.provider]
         now = utcnow()
         if (credential is None or integration.status != "active"
                 or integration.health_status == "reauth_required"
-                or not needs_refresh(provider, credential, now)):
+                or not needs_refresh(provider, credential, now, margin)):
             return integration, credential  # disconnected, paused, or a sibling refreshed
         assert isinstance(provider, OAuth2Provider)
         client = self.rt.clients.get(provider.slug)

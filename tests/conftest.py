@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -58,6 +59,22 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
+@contextlib.contextmanager
+def _postgres() -> Iterator[Database]:
+    name = f"broker_test_{secrets.token_hex(6)}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        service_missing(f"PostgreSQL at {PG_ADMIN_DSN} ({type(exc).__name__})")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    db = Database("postgres", f"{base}/{name}", name=name)
+    try:
+        migrate.upgrade(db.url)
+        yield db
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Database]:
@@ -67,16 +84,15 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         migrate.upgrade(db.url)
         yield db
         return
-    name = f"broker_test_{secrets.token_hex(6)}"
-    try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        service_missing(f"PostgreSQL at {PG_ADMIN_DSN} ({type(exc).__name__})")
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    db = Database("postgres", f"{base}/{name}", name=name)
-    migrate.upgrade(db.url)
-    yield db
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with _postgres() as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Database]:
+    """A PostgreSQL database of its own, for tests that need several processes."""
+    with _postgres() as db:
+        yield db
 
 
 def make_ring(*ids: str, primary: str | None = None) -> KeyRing:

@@ -55,6 +55,7 @@ client_secret = "{CLIENT_SECRET}"
 
 [providers.postmark]
 verify_url = "{fake}/postmark/server"
+health_check_url = "{fake}/postmark/server"
 """
 
 

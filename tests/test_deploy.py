@@ -39,7 +39,7 @@ K8S = DEPLOY / "k8s"
 CLIENT_HEADER = "# == Used by the CLI client"
 CLIENT_VARS = {"BROKER_API_URL", "BROKER_API_KEY", "BROKER_PROJECT"}
 # Commands deploy/ already mentions (commented out) before the CLI has them.
-PLANNED = {"worker"}
+PLANNED: set[str] = set()
 
 ENV_LINE = re.compile(r"^(?:#\s*)?(BROKER_[A-Z0-9_]+)=")
 BROKER_NAME = re.compile(r"\bBROKER_[A-Z][A-Z0-9_]*")
@@ -260,6 +260,12 @@ def test_every_broker_command_written_in_deploy_parses() -> None:
             error = parse_error(argv)
             assert error is None, f"{rel} mentions `broker {snippet}`: {error}"
     assert seen, "no `broker ...` snippet found in deploy/: is the pattern still right?"
+
+
+def test_the_worker_runs_beside_the_servers() -> None:
+    assert "worker" in subcommands()
+    assert re.search(r'^\s*command: \["worker"\]', COMPOSE.read_text(), re.M)
+    assert 'args: ["worker"]' in (K8S / "worker.yaml").read_text()
 
 
 def test_planned_commands_stay_commented_out_until_the_cli_has_them() -> None:

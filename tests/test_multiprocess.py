@@ -1,0 +1,135 @@
+"""Two ``broker serve`` processes sharing PostgreSQL and Redis behave as one service: 200
+concurrent reads of an expired token, spread over both, make exactly one refresh call to a
+provider that rotates refresh tokens, and every reader gets the same new token."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from broker import apikeys, store
+from broker.crypto import Key, KeyRing
+from broker.db import create_engine, sessionmaker, utcnow
+from broker.models import ServiceToken
+from tests.conftest import Database, new_project, service_missing
+from tests.fakes.fixtures import fake_providers, fresh_fakes  # noqa: F401
+from tests.fakes.providers import FakeState
+from tests.test_connect import providers_toml
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def brokers(postgres: Database, tmp_path: Path, fakes: tuple[str, FakeState]
+            ) -> Iterator[tuple[list[str], KeyRing]]:
+    database = postgres
+    if not _redis_up():
+        service_missing("Redis at 127.0.0.1:6379")
+    material = secrets.token_bytes(32)
+    ring = KeyRing([Key("kmulti", material)], "kmulti")
+    providers = tmp_path / "providers.toml"
+    providers.write_text(providers_toml(fakes[0]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(BROKER_DATABASE_URL=database.url, BROKER_REDIS_URL=REDIS,
+               BROKER_PROVIDERS_FILE=str(providers), BROKER_LOG_LEVEL="WARNING",
+               BROKER_KEYS=json.dumps({"primary": "kmulti", "keys": [
+                   {"id": "kmulti", "secret": base64.b64encode(material).decode()}]}))
+    ports = [_free_port(), _free_port()]
+    procs = [subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(p)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for p in ports]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        deadline = time.monotonic() + 30
+        for url, proc in zip(urls, procs, strict=True):
+            while True:
+                try:
+                    if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx2.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"broker did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+                time.sleep(0.1)
+        yield urls, ring
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
+            if proc.stderr:
+                proc.stderr.close()
+
+
+async def _seed(database: Database, ring: KeyRing, fakes: FakeState) -> tuple[str, str]:
+    project = new_project()
+    fakes.refresh_tokens["rt-multi"] = "read write"
+    engine = create_engine(database.url)
+    try:
+        async with sessionmaker(engine)() as s:
+            await store.ensure_project(s, project)
+            integration = await store.upsert_integration(
+                s, project_id=project, provider="acme", setup_type="oauth")
+            await store.write_credential(
+                s, ring, integration,
+                store.Secrets(access_token="at-expired", refresh_token="rt-multi"),
+                token_type="bearer", scopes=["read"], expires_at=utcnow() - timedelta(minutes=1))
+            public, token = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
+            s.add(ServiceToken(id=f"st_{public}", name="main-api", created_at=utcnow(),
+                               token_hash=apikeys.digest(token)))
+            await s.commit()
+    finally:
+        await engine.dispose()
+    return project, token
+
+
+def test_refresh_storm_across_two_processes_makes_one_provider_call(
+        brokers: tuple[list[str], KeyRing], postgres: Database,
+        fakes: tuple[str, FakeState]) -> None:
+    urls, ring = brokers
+    _, state = fakes
+    state.token_mode, state.slow_seconds = "slow", 0.5  # the storm arrives mid-refresh
+    project, token = asyncio.run(_seed(postgres, ring, state))
+
+    async def storm() -> list[httpx2.Response]:
+        limits = httpx2.Limits(max_connections=200)
+        async with httpx2.AsyncClient(limits=limits, timeout=60, trust_env=False) as client:
+            path = f"/internal/v1/projects/{project}/integrations/acme/credentials"
+            return await asyncio.gather(*(
+                client.get(urls[i % 2] + path, headers={"Authorization": f"Bearer {token}"})
+                for i in range(200)))
+
+    results = asyncio.run(storm())
+    assert {r.status_code for r in results} == {200}, {r.text for r in results if r.status_code != 200}
+    tokens = {r.json()["data"]["access_token"] for r in results}
+    assert len(tokens) == 1 and tokens != {"at-expired"}
+    refreshes = [r for r in state.token_requests if r["grant_type"] == "refresh_token"]
+    assert len(refreshes) == 1
+    assert tokens <= set(state.access_tokens)
