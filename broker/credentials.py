@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import flow, store
@@ -33,6 +34,11 @@ from broker.state import StateUnavailable
 log = logging.getLogger(__name__)
 
 MARGIN = timedelta(minutes=5)
+# A hand-out is reused for at most this long. Every committed change to an integration drops
+# it at once in this process and, through the state store's pub/sub, in the others; the TTL
+# bounds staleness when a message is missed (Redis restarting).
+CACHE_SECONDS = 1.0
+CHANNEL = "invalidate"
 # Answers that no retry will change: the grant is gone until a person reconnects.
 PERMANENT = frozenset({"invalid_grant", "invalid_client", "unauthorized_client",
                        "access_denied", "invalid_scope"})
@@ -98,10 +104,65 @@ class Credentials:
         self.rt = rt
         self._inflight: dict[str, asyncio.Future[Loaded]] = {}
         self._reads: dict[str, tuple[str, datetime]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, dict[str, Any], str,
+                                                 datetime | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        session_class = rt.sessions.kw["sync_session_class"]
+        event.listen(session_class, "after_flush", self._collect)
+        event.listen(session_class, "after_commit", self._committed)
+        event.listen(session_class, "after_rollback", self._discard)
+        self.on_message: list[Any] = []  # other subscribers of the channel (token caches)
+
+    # -- invalidation ----------------------------------------------------------------------
+
+    @staticmethod
+    def _collect(session: Any, _context: Any) -> None:
+        changed = session.info.setdefault("changed_integrations", set())
+        for obj in (*session.new, *session.dirty, *session.deleted):
+            if isinstance(obj, Integration):
+                changed.add((obj.project_id, obj.provider))
+
+    @staticmethod
+    def _discard(session: Any) -> None:
+        session.info.pop("changed_integrations", None)
+
+    def _committed(self, session: Any) -> None:
+        changed = session.info.pop("changed_integrations", set())
+        if not changed:
+            return
+        for key in changed:
+            self._cache.pop(key, None)
+        message = json.dumps({"integrations": sorted(changed)})
+        task = asyncio.get_running_loop().create_task(self._publish(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, message: str) -> None:
+        try:
+            await self.rt.state_store.publish(CHANNEL, message)
+        except StateUnavailable:
+            log.warning("could not publish a cache invalidation; other processes catch up "
+                        "within %.0f s", CACHE_SECONDS)
+
+    def receive(self, message: str) -> None:
+        try:
+            doc = json.loads(message)
+        except ValueError:
+            return
+        for project_id, provider in doc.get("integrations", []):
+            self._cache.pop((project_id, provider), None)
+        for callback in self.on_message:
+            callback(doc)
 
     # -- the hot path ----------------------------------------------------------------------
 
     async def handout(self, project_id: str, slug: str, reader: str) -> dict[str, Any]:
+        hit = self._cache.get((project_id, slug))
+        if hit is not None and hit[0] > time.monotonic():
+            now = utcnow()
+            if hit[3] is None or hit[3] - now >= MARGIN:
+                self._reads[hit[2]] = (reader, now)
+                return hit[1]
         provider = self.rt.providers.get(slug)
         if provider is None:
             raise NotFound("No provider with that name in the catalog.")
@@ -143,6 +204,8 @@ class Credentials:
             secret_names = [f.name for f in provider.fields if f.secret]
             if isinstance(provider, ApiKeyProvider) and secret_names:
                 body["api_key"] = secrets.fields.get(secret_names[-1])
+        self._cache[(project_id, slug)] = (time.monotonic() + CACHE_SECONDS, body,
+                                           integration.id, credential.expires_at)
         return body
 
     # -- refresh ---------------------------------------------------------------------------
@@ -301,9 +364,10 @@ class Credentials:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Write read records in the background, off the hot path, and once more at exit."""
+        """Write read records in the background, off the hot path, and once more at exit;
+        listen for other processes' invalidations."""
 
-        async def loop() -> None:
+        async def record() -> None:
             while True:
                 await asyncio.sleep(READ_FLUSH_SECONDS)
                 try:
@@ -311,15 +375,25 @@ class Credentials:
                 except Exception:
                     log.exception("could not record credential reads")
 
-        task = asyncio.create_task(loop())
+        async def listen() -> None:
+            async for message in self.rt.state_store.subscribe(CHANNEL):
+                self.receive(message)
+
+        tasks = [asyncio.create_task(record()), asyncio.create_task(listen())]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await self.flush_reads()
+            session_class = self.rt.sessions.kw["sync_session_class"]
+            event.remove(session_class, "after_flush", self._collect)
+            event.remove(session_class, "after_commit", self._committed)
+            event.remove(session_class, "after_rollback", self._discard)
 
 
 async def revoke_at_provider(rt: Runtime, integration: Integration,

@@ -10,7 +10,7 @@ from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 from broker.errors import ConfigError
@@ -87,7 +87,10 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    # A Session class of its own, so that event listeners (cache invalidation) attach to
+    # this runtime's sessions only, never globally.
+    session_class = type("BrokerSession", (Session,), {})
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=session_class)
 
 
 def utcnow() -> datetime:

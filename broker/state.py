@@ -9,10 +9,12 @@ fallback to memory, which would split the state between processes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -33,6 +35,8 @@ class StateStore(Protocol):
     async def take(self, kind: str, token: str) -> dict[str, Any] | None: ...
     async def acquire(self, name: str, ttl_ms: int) -> str | None: ...
     async def release(self, name: str, owner: str) -> None: ...
+    async def publish(self, channel: str, message: str) -> None: ...
+    def subscribe(self, channel: str) -> AsyncIterator[str]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -88,6 +92,13 @@ class MemoryState:
         if self._live(key) == owner:
             del self._records[key]
 
+    async def publish(self, channel: str, message: str) -> None:
+        return None  # one process: nobody else to tell
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str]:
+        await asyncio.Event().wait()  # never yields; ends when cancelled
+        yield ""
+
     async def ping(self) -> bool:
         return True
 
@@ -125,6 +136,22 @@ class RedisState:
 
     async def release(self, name: str, owner: str) -> None:
         await self._call("EVAL", RELEASE, 1, f"broker:lock:{name}", owner)
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._call("PUBLISH", f"broker:{channel}", message)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str]:
+        """Messages on ``channel``, reconnecting after an outage (callers must tolerate
+        missed messages: anything they cache expires on its own)."""
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(f"broker:{channel}")
+                    async for message in pubsub.listen():
+                        data = message.get("data")
+                        yield data.decode() if isinstance(data, bytes) else str(data)
+            except (RedisError, OSError):
+                await asyncio.sleep(1)
 
     async def ping(self) -> bool:
         try:
