@@ -1,6 +1,7 @@
 """Shopify: OAuth 2.0 authorization-code grant, per shop.
 
 https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant
+https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/offline-access-tokens
 """
 
 import hashlib
@@ -8,7 +9,16 @@ import hmac
 import re
 import time
 
-from broker.spec import Action, Callback, CallbackError, Field, Hooks, OAuth2Provider, Request
+from broker.spec import (
+    Action,
+    Callback,
+    CallbackError,
+    Field,
+    Header,
+    Hooks,
+    OAuth2Provider,
+    Request,
+)
 
 SHOP = r"[a-zA-Z0-9][a-zA-Z0-9-]*\.myshopify\.com"
 # Shopify's own libraries accept a callback timestamp this far from the local clock.
@@ -55,8 +65,11 @@ provider = OAuth2Provider(
     client_auth_method="client_secret_post",
     # Expiring offline tokens (60 min + refresh token); required for new public apps.
     token_params={"expiring": "1"},
+    # The Admin API takes the token in its own header, not Authorization: Bearer.
+    token_header=Header(name="X-Shopify-Access-Token", template="{access_token}"),
     hooks=Hooks(validate_callback=validate_callback),
-    health_check=Request(method="POST", url="https://{shop}/admin/api/2025-10/graphql.json"),
+    health_check=Request(method="POST", url="https://{shop}/admin/api/2025-10/graphql.json",
+                         json={"query": "{ shop { name myshopifyDomain } }"}),
     actions=(
         Action(name="orders.read", description="Read orders."),
         Action(name="orders.cancel", description="Cancel an order."),
