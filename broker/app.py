@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from broker import openapi
 from broker import worker as background
-from broker.auth import api_key_route, service_route
+from broker.auth import TokenCache, api_key_route, service_route
 from broker.credentials import Credentials
 from broker.crypto import KeyRing
 from broker.errors import ApiError
@@ -102,6 +102,9 @@ def create_app(
             for name, value in vars(runtime).items():
                 setattr(app.state, name, value)
             app.state.credentials = credentials = Credentials(runtime)
+            app.state.service_tokens = tokens = TokenCache()
+            credentials.on_message.append(
+                lambda doc: tokens.clear() if "service_tokens" in doc else None)
             async with credentials.running(), _worker(runtime, credentials, worker):
                 yield
 

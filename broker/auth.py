@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+import asyncio
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -92,13 +94,23 @@ class ServiceUnauthorized(ApiError):
         super().__init__("Missing or invalid service token.")
 
 
-@dataclass(frozen=True)
 class ServiceCtx:
-    """What an internal endpoint gets: the request, the service token's id, a DB session."""
+    """What an internal endpoint gets: the request, the service token's id, and a DB
+    session opened on first use (the credentials hot path often needs none)."""
 
-    request: Request
-    token_id: str
-    session: AsyncSession
+    def __init__(self, request: Request, token_id: str):
+        self.request, self.token_id = request, token_id
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self.request.app.state.sessions()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     @property
     def request_id(self) -> str | None:
@@ -126,15 +138,64 @@ async def authenticate_service(session: AsyncSession, header: str | None) -> str
     return token_id
 
 
+class TokenCache:
+    """Service tokens recently found valid, by digest, for ``TTL`` seconds: the internal API
+    is the hot path, and a token lookup per request would dominate it. A revocation reaches
+    every process through the state store's channel at once, or within ``TTL`` if missed."""
+
+    TTL = 1.0
+
+    def __init__(self) -> None:
+        self._valid: dict[bytes, tuple[float, str]] = {}
+        self._checking: dict[str, asyncio.Future[None]] = {}
+
+    async def check(self, request: Request, header: str) -> str:
+        """The token id for ``header``, from the cache or the database; concurrent misses
+        for one token wait for the first lookup instead of each querying."""
+        token_id = self.get(header)
+        if token_id is not None:
+            return token_id
+        pending = self._checking.get(header)
+        if pending is not None:
+            await asyncio.wait({pending})
+            if (token_id := self.get(header)) is not None:
+                return token_id
+        pending = self._checking.setdefault(header, asyncio.get_running_loop().create_future())
+        try:
+            async with request.app.state.sessions() as session:
+                token_id = await authenticate_service(session, header)
+            self.put(header, token_id)
+            return token_id
+        finally:
+            if self._checking.get(header) is pending:
+                del self._checking[header]
+                pending.set_result(None)
+
+    def get(self, header: str) -> str | None:
+        hit = self._valid.get(apikeys.digest(header))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, header: str, token_id: str) -> None:
+        if len(self._valid) > 10_000:
+            self._valid.clear()
+        self._valid[apikeys.digest(header)] = (time.monotonic() + self.TTL, token_id)
+
+    def clear(self) -> None:
+        self._valid.clear()
+
+
 def service_route(endpoint: Callable[[ServiceCtx], Awaitable[Response]]
                   ) -> Callable[[Request], Awaitable[Response]]:
     """Wrap an internal endpoint: authenticate ``Authorization: Bearer <service token>``."""
 
     async def handler(request: Request) -> Response:
-        async with request.app.state.sessions() as session:
-            token_id = await authenticate_service(session,
-                                                  request.headers.get("authorization"))
-            return await endpoint(ServiceCtx(request, token_id, session))
+        cache: TokenCache = request.app.state.service_tokens
+        token_id = await cache.check(request, request.headers.get("authorization") or "")
+        ctx = ServiceCtx(request, token_id)
+        try:
+            return await endpoint(ctx)
+        finally:
+            await ctx.close()
 
     handler.__name__ = endpoint.__name__
     handler.__doc__ = endpoint.__doc__

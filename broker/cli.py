@@ -340,8 +340,27 @@ def cmd_service_tokens_revoke(settings: Settings, args: argparse.Namespace) -> i
 
     if not asyncio.run(_with_session(settings, work)):
         return _fail(f"no active service token {args.id!r}")
+    asyncio.run(_announce_revocation(settings))
     print(f"revoked {args.id}")
     return 0
+
+
+async def _announce_revocation(settings: Settings) -> None:
+    """Tell running brokers to forget the service tokens they cached (otherwise they do
+    within a second)."""
+    from broker.credentials import CHANNEL
+    from broker.state import StateUnavailable, open_state
+
+    if not settings.redis_url:
+        return
+    state = open_state(settings.redis_url)
+    try:
+        await state.publish(CHANNEL, json.dumps({"service_tokens": "revoked"}))
+    except StateUnavailable:
+        print("warning: Redis unreachable; brokers stop accepting the token within 1 s",
+              file=sys.stderr)
+    finally:
+        await state.close()
 
 
 # -- providers -------------------------------------------------------------------------------

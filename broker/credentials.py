@@ -107,6 +107,7 @@ class Credentials:
         self._cache: dict[tuple[str, str], tuple[float, dict[str, Any], str,
                                                  datetime | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         session_class = rt.sessions.kw["sync_session_class"]
         event.listen(session_class, "after_flush", self._collect)
         event.listen(session_class, "after_commit", self._committed)
@@ -157,12 +158,28 @@ class Credentials:
     # -- the hot path ----------------------------------------------------------------------
 
     async def handout(self, project_id: str, slug: str, reader: str) -> dict[str, Any]:
-        hit = self._cache.get((project_id, slug))
+        key = (project_id, slug)
+        hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             now = utcnow()
             if hit[3] is None or hit[3] - now >= MARGIN:
                 self._reads[hit[2]] = (reader, now)
                 return hit[1]
+        # One load per key at a time: when an entry expires under load, the readers that
+        # arrive meanwhile wait for that load instead of each querying the database.
+        loading = self._loading.get(key)
+        if loading is not None:
+            await asyncio.wait({loading})
+            return await self.handout(project_id, slug, reader)
+        loading = asyncio.get_running_loop().create_future()
+        self._loading[key] = loading
+        try:
+            return await self._load_handout(project_id, slug, reader)
+        finally:
+            del self._loading[key]
+            loading.set_result(None)
+
+    async def _load_handout(self, project_id: str, slug: str, reader: str) -> dict[str, Any]:
         provider = self.rt.providers.get(slug)
         if provider is None:
             raise NotFound("No provider with that name in the catalog.")

@@ -112,11 +112,27 @@ async def test_service_token_required(f: Flow) -> None:
                     {"X-API-Key": "riq_bogus"}):
         r = await f.browser.get(f"{api.base}/credentials", headers=headers)
         assert r.status_code == 401
+    assert (await api.read()).status_code == 200
     token = api.headers["Authorization"].split()[1]
     async with f.app.state.sessions() as s:
         await s.execute(update(ServiceToken).where(
             ServiceToken.id == f"st_{apikeys.parse('rst_', token)}").values(revoked_at=utcnow()))
         await s.commit()
+    # A revocation announced on the channel takes effect at once ...
+    f.app.state.credentials.receive('{"service_tokens": "revoked"}')
+    assert (await api.read()).status_code == 401
+
+
+async def test_unannounced_service_token_revocation_holds_within_a_second(f: Flow) -> None:
+    api = await api_for(f)
+    assert (await api.read()).status_code == 200
+    token = api.headers["Authorization"].split()[1]
+    async with f.app.state.sessions() as s:
+        await s.execute(update(ServiceToken).where(
+            ServiceToken.id == f"st_{apikeys.parse('rst_', token)}").values(revoked_at=utcnow()))
+        await s.commit()
+    # ... and without the announcement, within the cache's stated bound.
+    await asyncio.sleep(1.05)
     assert (await api.read()).status_code == 401
 
 

@@ -133,3 +133,32 @@ def test_refresh_storm_across_two_processes_makes_one_provider_call(
     refreshes = [r for r in state.token_requests if r["grant_type"] == "refresh_token"]
     assert len(refreshes) == 1
     assert tokens <= set(state.access_tokens)
+
+
+def test_a_pause_in_one_process_stops_hand_outs_in_the_other(
+        brokers: tuple[list[str], KeyRing], postgres: Database,
+        fakes: tuple[str, FakeState]) -> None:
+    urls, ring = brokers
+    project, token = asyncio.run(_seed(postgres, ring, fakes[1]))
+    headers = {"Authorization": f"Bearer {token}"}
+    base = f"/internal/v1/projects/{project}/integrations/acme"
+    with httpx2.Client(timeout=30, trust_env=False, headers=headers) as client:
+        for url in urls:  # both processes now hold the hand-out in their caches
+            assert client.get(url + base + "/credentials").status_code == 200
+        assert client.patch(urls[0] + base + "/lifecycle",
+                            json={"status": "paused"}).status_code == 200
+        paused_at = time.monotonic()
+        while True:
+            r = client.get(urls[1] + base + "/credentials")
+            if r.status_code == 409:
+                break
+            assert r.status_code == 200
+            assert time.monotonic() - paused_at < 1.2, "the other process kept handing out"
+            time.sleep(0.01)
+        assert r.json()["error"]["code"] == "integration_paused"
+        assert client.patch(urls[1] + base + "/lifecycle",
+                            json={"status": "active"}).status_code == 200
+        deadline = time.monotonic() + 1.2
+        while client.get(urls[0] + base + "/credentials").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
