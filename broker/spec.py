@@ -29,6 +29,8 @@ Common fields (every kind):
     ``allowed_actions`` on an integration is checked against these names.
 ``health_check``
     a cheap "who am I" :class:`Request` run with the stored credential.
+``api_base_url``
+    the base of the provider's API for hooks that call it (``Connected.http``).
 
 URLs must be https; loopback hosts (``127.0.0.1``, ``localhost``) may use http so that local
 fakes can stand in for a provider.
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -50,6 +52,7 @@ __all__ = [
     "BasicAuthProvider",
     "Callback",
     "CallbackError",
+    "Connected",
     "Field",
     "Header",
     "Hooks",
@@ -211,6 +214,19 @@ class Callback:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Connected:
+    """What ``after_connect`` sees once the code is exchanged: the new tokens, the callback
+    query as received, the pinned inputs, and ``http``, an ``httpx2.AsyncClient`` based on
+    the provider's ``api_base_url`` that presents the access token as ``token_header`` says
+    and follows no redirects."""
+
+    token: TokenResponse
+    query: Sequence[tuple[str, str]] = field(repr=False)
+    inputs: Mapping[str, str]
+    http: Any = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Hooks:
     """The closed set of hooks, for quirks that data cannot express. All optional.
 
@@ -223,6 +239,10 @@ class Hooks:
         normalise a non-standard token response, raising :class:`TokenError` for an
         error hidden in a 200 (Slack's ``ok: false``). The default is
         :func:`standard_token`.
+    ``async after_connect(connected) -> metadata``
+        confirm or enrich an install with the new token before anything is stored; raise
+        :class:`CallbackError` to refuse it (a GitHub App ``installation_id`` the user
+        cannot see). The returned mapping is added to the integration's metadata.
 
     A new hook name is a change of this module, with its documentation and tests.
     """
@@ -230,6 +250,7 @@ class Hooks:
     prepare_authorize: Callable[[dict[str, str], Mapping[str, str]], dict[str, str]] | None = None
     validate_callback: Callable[[Callback], None] | None = None
     parse_token: Callable[[Mapping[str, Any]], TokenResponse] | None = None
+    after_connect: Callable[[Connected], Awaitable[Mapping[str, Any]]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,10 +265,13 @@ class Provider:
     fields: tuple[Field, ...] = ()
     actions: tuple[Action, ...] = ()
     health_check: Request | None = None
+    api_base_url: str | None = None
 
     def urls(self) -> dict[str, str]:
         """Every URL the declaration holds, by field name, for validation and display."""
         found = {"docs_url": self.docs_url}
+        if self.api_base_url:
+            found["api_base_url"] = self.api_base_url
         if self.health_check:
             found["health_check"] = self.health_check.url
         return found

@@ -575,3 +575,39 @@ async def test_webhook_private_hosts_allowed_when_configured_for_tests(
         action = page.text.split("action='", 1)[1].split("'", 1)[0]
         r = await f.browser.post(action, data={"url": "https://127.0.0.1:9/x"})
         assert r.status_code == 302
+
+
+# -- after_connect hooks -----------------------------------------------------------------
+
+@pytest.mark.parametrize("outcome", ["confirmed", "refused"])
+async def test_after_connect_hook_confirms_or_refuses_before_storage(f: Flow,
+                                                                     outcome: str) -> None:
+    from broker.spec import CallbackError, Connected, Hooks
+
+    seen: list[Connected] = []
+
+    async def hook(connected: Connected) -> dict[str, Any]:
+        seen.append(connected)
+        response = await connected.http.get("/oauth2/userinfo")
+        if outcome == "refused":
+            raise CallbackError("not yours")
+        return {"user": response.json()["id"]}
+
+    acme = f.app.state.providers["acme"]
+    f.app.state.providers = {**f.app.state.providers, "acme": replace(
+        acme, api_base_url=f.fake_url, hooks=Hooks(after_connect=hook))}
+    project = new_project()
+    callback = await _approved_callback(f, project)
+    done = await f.get(callback)
+    [connected] = seen
+    assert connected.token.access_token in f.fakes.access_tokens
+    [userinfo] = [r for r in f.fakes.api_requests if r["path"] == "/oauth2/userinfo"]
+    assert userinfo["headers"]["authorization"] == f"Bearer {connected.token.access_token}"
+    if outcome == "confirmed":
+        assert query(done.headers["location"])["status"] == ["success"]
+        [integration] = await f.integrations(project)
+        assert integration.provider_metadata["user"] == "user-1"
+    else:
+        outcome_query = query(done.headers["location"])
+        assert outcome_query["error"] == ["install_not_confirmed"]
+        assert await f.integrations(project) == []

@@ -12,6 +12,7 @@ from broker import spec
 def test_exported_members() -> None:
     assert sorted(spec.__all__) == sorted([
         "Action", "ApiKeyProvider", "Basic", "BasicAuthProvider", "Callback", "CallbackError",
+        "Connected",
         "Field", "Header", "Hooks", "OAuth2Provider", "Provider", "ProviderError", "Request",
         "SetupType", "TokenError", "TokenResponse", "WebhookProvider", "standard_token"])
     assert all(hasattr(spec, name) for name in spec.__all__)

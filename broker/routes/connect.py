@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import httpx2
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -26,7 +27,9 @@ from broker.errors import ApiError
 from broker.http import read_form
 from broker.logs import request_id_var
 from broker.settings import env_slug
-from broker.spec import Callback, CallbackError, OAuth2Provider, Provider, WebhookProvider
+from broker.spec import (
+    Callback, CallbackError, Connected, OAuth2Provider, Provider, WebhookProvider,
+)
 from broker.state import StateUnavailable
 from broker.store import Secrets
 
@@ -204,6 +207,18 @@ async def submit_form(request: Request) -> Response:
     return _finish(request, record, provider, ok=True)
 
 
+async def _after_connect(app: Any, provider: OAuth2Provider, token: Any,
+                         query: list[tuple[str, str]], inputs: dict[str, str]) -> Any:
+    assert provider.hooks.after_connect is not None
+    headers, _ = checks.presentation(provider, {**inputs, "access_token": token.access_token})
+    base = flow.fill(provider.api_base_url or "", inputs)
+    async with httpx2.AsyncClient(base_url=base, headers=headers, follow_redirects=False,
+                                  trust_env=False,
+                                  timeout=app.settings.provider_timeout) as http:
+        return await provider.hooks.after_connect(
+            Connected(token=token, query=query, inputs=inputs, http=http))
+
+
 async def oauth_callback(request: Request) -> Response:
     """``GET /oauth/{provider}/callback``: the redirect URI registered at every provider."""
     app = request.app.state
@@ -258,11 +273,19 @@ async def oauth_callback(request: Request) -> Response:
                                                    "reason": exc.code})
         return await fail(exc.code, 502)
     _, plain_inputs = secret_and_plain(provider, record["inputs"])
+    extra: dict[str, Any] = {}
+    if provider.hooks.after_connect is not None:
+        try:
+            extra = dict(await _after_connect(app, provider, token, query, record["inputs"]))
+        except CallbackError:
+            return await fail("install_not_confirmed", 400)
+        except httpx2.HTTPError:
+            return await fail("unreachable", 502)
     async with app.sessions() as session:
         await installs.complete(
             session, app.ring, project_id=record["project_id"], provider=provider,
             secrets=Secrets(access_token=token.access_token, refresh_token=token.refresh_token),
-            metadata={**plain_inputs, **flow.metadata(provider, token)},
+            metadata={**plain_inputs, **flow.metadata(provider, token), **extra},
             token_type=token.token_type, scopes=token.scopes,
             expires_at=flow.expires_at(provider, token, utcnow()),
             request_id=request_id_var.get())

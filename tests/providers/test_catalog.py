@@ -71,6 +71,8 @@ def moved(provider: Provider, base: str) -> Provider:
         changes["token_url"] = rehost(provider.token_url, base)
         if provider.revoke_url:
             changes["revoke_url"] = rehost(provider.revoke_url, base)
+    if provider.api_base_url:
+        changes["api_base_url"] = rehost(provider.api_base_url, base)
     for attr in ("verify", "health_check"):
         request = getattr(provider, attr, None)
         if isinstance(request, Request):
