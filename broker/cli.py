@@ -21,7 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import apikeys, registry, store
-from broker.crypto import KeyRing, add_key
+from broker.cli_client import add_client_commands
+from broker.crypto import KeyRing, add_key, promote_key, remove_key
 from broker.db import create_engine, sessionmaker, utcnow
 from broker.errors import ConfigError
 from broker.models import ApiKey, Credential, ServiceToken
@@ -58,7 +59,7 @@ async def preflight(settings: Settings) -> KeyRing:
     """Refuse to start, with a message an operator can act on, rather than fail later."""
     from broker import migrate  # Alembic is slow to import; only these commands need it.
 
-    ring = KeyRing.load(settings.keys_file, settings.keys)
+    ring = settings.ring()
     engine = create_engine(settings.database_url)
     try:
         try:
@@ -202,13 +203,85 @@ def cmd_keys_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ring_file(settings: Settings, args: argparse.Namespace) -> Path:
+    path = Path(args.file) if args.file else settings.keys_file
+    if path is None:
+        raise ConfigError("give --file PATH or set BROKER_KEYS_FILE (a ring given inline in "
+                          "BROKER_KEYS is edited where it is kept)")
+    return path
+
+
+def cmd_keys_promote(settings: Settings, args: argparse.Namespace) -> int:
+    path = _ring_file(settings, args)
+    promote_key(path, args.id)
+    print(f"{args.id} is now the primary key in {path}. Roll the ring out to every instance, "
+          "then run `broker keys rewrap`.")
+    return 0
+
+
+def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
+    from broker import rotation
+
+    ring = settings.ring()
+
+    def report(p: rotation.Progress) -> None:
+        left = max(p.total - p.processed, 0)
+        print(f"\r{p.processed}/{p.total} rows, {left} left, {p.failed} failed, "
+              f"{p.rate:,.0f} rows/s", end="", file=sys.stderr, flush=True)
+
+    async def run() -> rotation.Progress:
+        engine = create_engine(settings.database_url)
+        try:
+            return await rotation.rewrap(engine, ring, batch=args.batch,
+                                         reencrypt=args.reencrypt,
+                                         report=None if args.quiet else report)
+        finally:
+            await engine.dispose()
+
+    try:
+        progress = asyncio.run(run())
+    except rotation.AlreadyRunning as exc:
+        return _fail(str(exc))
+    if not args.quiet:
+        print(file=sys.stderr)
+    summary = {"processed": progress.processed, "succeeded": progress.succeeded,
+               "failed": progress.failed, "failed_ids": progress.failed_ids,
+               "primary": ring.primary_id}
+    print(json.dumps(summary) if args.json else
+          f"re-wrapped {progress.succeeded} credentials onto {ring.primary_id}"
+          + (f"; {progress.failed} did not decrypt and were left untouched: "
+             f"{', '.join(progress.failed_ids[:20])}" if progress.failed else ""))
+    return 1 if progress.failed else 0
+
+
+def cmd_keys_retire(settings: Settings, args: argparse.Namespace) -> int:
+    from broker import rotation
+
+    path = _ring_file(settings, args)
+
+    async def count() -> int:
+        engine = create_engine(settings.database_url)
+        try:
+            return (await rotation.rows_per_key(engine)).get(args.id, 0)
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(count())
+    if rows:
+        return _fail(f"key {args.id} still protects {rows} credentials; run "
+                     "`broker keys rewrap` first")
+    remove_key(path, args.id)
+    print(f"retired {args.id}: removed from {path}")
+    return 0
+
+
 def cmd_keys_status(settings: Settings, args: argparse.Namespace) -> int:
-    ring = KeyRing.load(settings.keys_file, settings.keys)
+    ring = settings.ring()
 
     async def counts(session: AsyncSession) -> dict[str, int]:
         rows = await session.execute(
             select(Credential.key_id, func.count()).group_by(Credential.key_id))
-        return {kid: n for kid, n in rows.tuples()}
+        return {kid: n for kid, n in rows}
 
     used = asyncio.run(_with_session(settings, counts))
     status = [{"id": kid, "primary": kid == ring.primary_id, "rows": used.get(kid, 0),
@@ -446,6 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("add", cmd_keys_add, "add a key: the primary of a new ring file, else a "
             "decrypt-only key", keys)
     p.add_argument("--file", help="key ring file (default: BROKER_KEYS_FILE)")
+    p = cmd("promote", cmd_keys_promote, "make a key the primary (new writes use it); "
+            "add it to every instance's ring first", keys)
+    p.add_argument("id", help="the key id")
+    p.add_argument("--file", help="key ring file (default: BROKER_KEYS_FILE)")
+    p = cmd("rewrap", cmd_keys_rewrap, "move every credential onto the primary key, online, "
+            "in batches; safe to kill and run again; exits 1 if a row does not decrypt", keys)
+    p.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+    p.add_argument("--reencrypt", action="store_true",
+                   help="also re-encrypt every payload under a fresh data key (after a "
+                   "suspected compromise)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = cmd("retire", cmd_keys_retire, "remove a key from the ring; refused while any "
+            "credential still uses it", keys)
+    p.add_argument("id", help="the key id")
+    p.add_argument("--file", help="key ring file (default: BROKER_KEYS_FILE)")
     p = cmd("status", cmd_keys_status, "list ring keys and how many credentials use each", keys)
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -483,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON on one line")
     p = cmd("check", cmd_providers, "validate every registered provider declaration", pv)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    add_client_commands(sub, cmd)
     return parser
 
 

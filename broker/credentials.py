@@ -300,31 +300,42 @@ class Credentials:
                                        timeout=self.rt.settings.provider_timeout)
         except flow.ExchangeError as exc:
             return await self._failed(integration_id, credential, exc.code)
-        async with self.rt.sessions() as session:
-            current = await load(session, integration_id=integration_id)
-            if current is None or current[1] is None:
-                return await self._reload(integration_id)  # disconnected meanwhile: it wins
-            integration = current[0]
-            new_secrets = store.Secrets(access_token=token.access_token,
-                                        refresh_token=token.refresh_token or old.refresh_token,
-                                        fields=old.fields)
-            written = await store.swap_credential(
-                session, self.rt.ring, integration, expected_version=credential.version,
-                secrets=new_secrets, token_type=token.token_type,
-                scopes=list(token.scopes) or credential.scopes,
-                expires_at=flow.expires_at(provider, token, now))
-            if not written:
-                await session.rollback()
+        new_secrets = store.Secrets(access_token=token.access_token,
+                                    refresh_token=token.refresh_token or old.refresh_token,
+                                    fields=old.fields)
+        expected = credential.version
+        for _ in range(3):
+            async with self.rt.sessions() as session:
+                current = await load(session, integration_id=integration_id)
+                if current is None or current[1] is None:
+                    return await self._reload(integration_id)  # disconnected meanwhile: wins
+                integration, now_stored = current
+                if now_stored.version != expected:
+                    # Rewritten meanwhile. A key rotation only re-wraps the envelope: the
+                    # tokens are the ones just spent, so these new ones must still be kept.
+                    stored = store.open_credential(self.rt.ring, integration, now_stored)
+                    if stored.refresh_token != old.refresh_token:
+                        return integration, now_stored  # a newer grant was written: keep it
+                    expected = now_stored.version
+                written = await store.swap_credential(
+                    session, self.rt.ring, integration, expected_version=expected,
+                    secrets=new_secrets, token_type=token.token_type,
+                    scopes=list(token.scopes) or credential.scopes,
+                    expires_at=flow.expires_at(provider, token, now))
+                if not written:
+                    await session.rollback()
+                    continue
+                integration.health_status, integration.error_message = "healthy", None
+                integration.last_synced_at = integration.updated_at = now
+                store.record_event(session, type="credential.refreshed",
+                                   project_id=integration.project_id, integration=integration,
+                                   actor_key_id=None, request_id=None,
+                                   details={"rotated": token.refresh_token not in
+                                            (None, old.refresh_token)})
+                await session.commit()
                 return await self._reload(integration_id)
-            integration.health_status, integration.error_message = "healthy", None
-            integration.last_synced_at = integration.updated_at = now
-            store.record_event(session, type="credential.refreshed",
-                               project_id=integration.project_id, integration=integration,
-                               actor_key_id=None, request_id=None,
-                               details={"rotated": token.refresh_token not in
-                                        (None, old.refresh_token)})
-            await session.commit()
-        return await self._reload(integration_id)
+        raise Unavailable("The credential kept changing during the refresh; try again.",
+                          code="refresh_busy")
 
     async def _failed(self, integration_id: str, seen: Credential, code: str) -> Loaded:
         now = utcnow()

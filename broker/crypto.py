@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,6 +30,9 @@ FORMAT_VERSION = 1
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NONCE_BYTES = 12
 DATA_KEY_FIELD = "data_key"
+# Field blobs are sealed by the row's own data key, which their header names with this id;
+# rotating a ring key then re-wraps one data key per row and leaves the payloads alone.
+ROW_KEY_ID = "dk"
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,20 @@ class KeyRing:
         wrapped = _seal(self._aead(kid), kid, data_key, _aad(kid, ctx, DATA_KEY_FIELD))
         dek = AESGCM(data_key)
         blobs = {
-            name: None if value is None else _seal(dek, kid, value, _aad(kid, ctx, name))
+            name: None if value is None else _seal(dek, ROW_KEY_ID, value,
+                                                   _aad(ROW_KEY_ID, ctx, name))
             for name, value in fields.items()
         }
         return Sealed(key_id=kid, data_key=wrapped, fields=blobs)
+
+    def rewrap(self, ctx: RowContext, data_key_blob: bytes) -> bytes:
+        """The same data key, wrapped by the primary key instead: the fields' ciphertexts
+        stay valid, so a rotation rewrites one short blob per row."""
+        kid = blob_key_id(data_key_blob)
+        data_key = _open(self._aead(kid), data_key_blob, _aad(kid, ctx, DATA_KEY_FIELD))
+        primary = self.primary_id
+        return _seal(self._aead(primary), primary, data_key,
+                     _aad(primary, ctx, DATA_KEY_FIELD))
 
     def open(self, ctx: RowContext, data_key_blob: bytes,
              fields: Mapping[str, bytes | None]) -> dict[str, bytes | None]:
@@ -138,20 +152,33 @@ class KeyRing:
             if blob is None:
                 out[name] = None
                 continue
-            if blob_key_id(blob) != kid:
-                raise CryptoError("field and data key name different ring keys")
-            out[name] = _open(dek, blob, _aad(kid, ctx, name))
+            if blob_key_id(blob) != ROW_KEY_ID:
+                raise CryptoError("field blob is not sealed by the row's data key")
+            out[name] = _open(dek, blob, _aad(ROW_KEY_ID, ctx, name))
         return out
 
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> KeyRing:
+    def from_json(cls, text: str, source: str,
+                  env_secrets: Mapping[str, str] | None = None) -> KeyRing:
+        """Parse a ring. A key may hold its material inline (``"secret"``) or name the
+        environment variable that does (``"secret_env": "BROKER_KEY_K2"``), so a container
+        can take each key from its own secret."""
+        env_secrets = env_secrets or {}
         try:
             doc = json.loads(text)
             primary = doc["primary"]
-            keys = [Key(k["id"], base64.b64decode(k["secret"], validate=True))
-                    for k in doc["keys"]]
+            keys = []
+            for k in doc["keys"]:
+                if "secret_env" in k and "secret" not in k:
+                    if k["secret_env"] not in env_secrets:
+                        raise ConfigError(f"key {k['id']} takes its secret from "
+                                          f"{k['secret_env']}, which is not set")
+                    material = env_secrets[k["secret_env"]]
+                else:
+                    material = k["secret"]
+                keys.append(Key(k["id"], base64.b64decode(material, validate=True)))
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         except (ValueError, KeyError, TypeError) as exc:
@@ -165,9 +192,10 @@ class KeyRing:
         return cls(keys, primary)
 
     @classmethod
-    def load(cls, keys_file: Path | None, keys_json: str | None) -> KeyRing:
+    def load(cls, keys_file: Path | None, keys_json: str | None,
+             env_secrets: Mapping[str, str] | None = None) -> KeyRing:
         if keys_json:
-            return cls.from_json(keys_json, "BROKER_KEYS")
+            return cls.from_json(keys_json, "BROKER_KEYS", env_secrets)
         if keys_file is None:
             raise ConfigError(
                 "no key ring: set BROKER_KEYS_FILE (create one with `broker keys add "
@@ -177,7 +205,7 @@ class KeyRing:
             text = keys_file.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read key ring {keys_file}: {exc.strerror}") from None
-        return cls.from_json(text, str(keys_file))
+        return cls.from_json(text, str(keys_file), env_secrets)
 
 
 @dataclass(frozen=True)
@@ -211,11 +239,45 @@ def add_key(path: Path) -> tuple[str, bool]:
                                          "created_at": datetime.now(UTC).isoformat()}]}
         primary = True
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    _write_ring(path, doc)
+    return kid, primary
+
+
+def _write_ring(path: Path, doc: dict[str, Any]) -> None:
     # The ring holds key material: owner-only from the first byte, then an atomic rename.
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh, indent=2)
         fh.write("\n")
     os.replace(tmp, path)
-    return kid, primary
+
+
+def _read_ring(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key ring {path}: {exc.strerror}") from None
+    KeyRing.from_json(text, str(path))
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+def promote_key(path: Path, key_id: str) -> None:
+    """Make ``key_id`` the primary: new writes use it; the old primary stays for reads."""
+    doc = _read_ring(path)
+    if key_id not in {k["id"] for k in doc["keys"]}:
+        raise ConfigError(f"key {key_id} is not in {path}")
+    doc["primary"] = key_id
+    _write_ring(path, doc)
+
+
+def remove_key(path: Path, key_id: str) -> None:
+    doc = _read_ring(path)
+    if doc["primary"] == key_id:
+        raise ConfigError(f"key {key_id} is the primary; promote another key first")
+    keys = [k for k in doc["keys"] if k["id"] != key_id]
+    if len(keys) == len(doc["keys"]):
+        raise ConfigError(f"key {key_id} is not in {path}")
+    doc["keys"] = keys
+    _write_ring(path, doc)

@@ -42,7 +42,7 @@ async def open_runtime(
     engine = create_engine(settings.database_url)
     runtime = Runtime(
         settings=settings,
-        ring=ring or KeyRing.load(settings.keys_file, settings.keys),
+        ring=ring or settings.ring(),
         providers=providers,
         clients=clients or {},
         engine=engine,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.crypto import KeyRing
 from broker.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path(".broker")
@@ -50,8 +51,14 @@ class Settings:
     oauth_clients: Mapping[str, ClientCredentials] = field(default_factory=dict, repr=False)
     # Seconds to wait for a provider's answer (token exchange, verification).
     provider_timeout: float = 10.0
+    # Key material named by the ring's "secret_env" entries (BROKER_KEY_*).
+    key_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Tests only: accept webhook URLs on loopback and private networks.
     allow_private_webhooks: bool = False
+
+    def ring(self) -> KeyRing:
+        """The key ring these settings name (``BROKER_KEYS`` or ``BROKER_KEYS_FILE``)."""
+        return KeyRing.load(self.keys_file, self.keys, self.key_secrets)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -94,4 +101,5 @@ class Settings:
             oauth_clients={slug: ClientCredentials(p["ID"], p["SECRET"])
                            for slug, p in parts.items()},
             allow_private_webhooks=allow_private == "true",
+            key_secrets={k: v for k, v in env.items() if k.startswith("BROKER_KEY_") and v},
         )

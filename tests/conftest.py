@@ -88,6 +88,25 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         yield db
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database for this test alone, for tests that act on every row (key rotation)."""
+    if request.param == "sqlite":
+        path = tmp_path / "own.db"
+        db = Database("sqlite", f"sqlite:///{path}", path=path)
+        migrate.upgrade(db.url)
+        yield db
+        return
+    with _postgres() as db:
+        yield db
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Database]:
+    with _postgres() as db:
+        yield db
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Database]:
     """A PostgreSQL database of its own, for tests that need several processes."""

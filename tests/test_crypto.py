@@ -21,7 +21,7 @@ def test_round_trip_and_key_id_in_every_blob() -> None:
     sealed = ring.seal(CTX, {"access_token": b"at", "refresh_token": None, "secret": b"{}"})
     assert sealed.key_id == "k2"
     assert blob_key_id(sealed.data_key) == "k2"
-    assert blob_key_id(sealed.fields["access_token"]) == "k2"
+    assert blob_key_id(sealed.fields["access_token"]) == "dk"  # the row's own data key
     assert sealed.fields["refresh_token"] is None
     assert ring.open(CTX, sealed.data_key, sealed.fields) == {
         "access_token": b"at", "refresh_token": None, "secret": b"{}"}
@@ -143,3 +143,20 @@ def test_add_key_creates_a_private_ring_then_adds_decrypt_only(tmp_path: object)
     # Data written under the old primary still opens once the ring has more keys.
     sealed = ring.seal(CTX, {"a": b"1"})
     assert KeyRing.load(path, None).open(CTX, sealed.data_key, sealed.fields)["a"] == b"1"
+
+
+def test_rewrap_moves_the_data_key_to_the_primary_and_keeps_the_fields() -> None:
+    old = make_ring("k1")
+    sealed = old.seal(CTX, {"access_token": b"at", "refresh_token": b"rt"})
+    both = KeyRing([*old._keys.values(), *make_ring("k2")._keys.values()], "k2")
+    rewrapped = both.rewrap(CTX, sealed.data_key)
+    assert blob_key_id(rewrapped) == "k2"
+    assert both.open(CTX, rewrapped, sealed.fields) == {"access_token": b"at",
+                                                        "refresh_token": b"rt"}
+    # Bound to the row still, and the new ring alone (old key retired) opens it.
+    with pytest.raises(CryptoError):
+        both.rewrap(RowContext("prj_b", "slack", "int_1"), sealed.data_key)
+    only_new = KeyRing([both._keys["k2"]], "k2")
+    assert only_new.open(CTX, rewrapped, sealed.fields)["access_token"] == b"at"
+    with pytest.raises(CryptoError, match="unknown key id 'k1'"):
+        only_new.open(CTX, sealed.data_key, sealed.fields)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 from datetime import timedelta
 
 import pytest
@@ -113,3 +114,30 @@ async def test_one_runner_at_a_time(f: Flow) -> None:
     async with f.app.state.sessions() as s:
         row = (await s.scalars(select(Integration).where(Integration.id == integration_id))).one()
     assert row.health_status == "healthy"
+
+
+def test_worker_command_runs_and_stops_on_sigterm(tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from broker import migrate
+    from broker.crypto import add_key
+
+    db = tmp_path / "worker.db"
+    migrate.upgrade(f"sqlite:///{db}")
+    keys = tmp_path / "keys.json"
+    add_key(keys)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(BROKER_DATABASE_URL=f"sqlite:///{db}", BROKER_KEYS_FILE=str(keys),
+               BROKER_LOG_LEVEL="INFO")
+    proc = subprocess.Popen([sys.executable, "-m", "broker", "worker", "--interval", "0.2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
