@@ -20,12 +20,13 @@ from broker.settings import ClientCredentials
 from broker.spec import OAuth2Provider, Provider, ProviderError
 
 CLIENT_KEYS = ("client_id", "client_secret")
+PREVIOUS_KEY = "previous_client_secrets"
 # The fields a code-free provider may set; hooks, fields and actions need code.
 GENERIC_KEYS = frozenset({
     "name", "setup_type", "category", "description", "docs_url", "authorize_url",
     "token_url", "revoke_url", "scopes", "scope_separator", "pkce", "client_auth_method",
     "token_request_format", "authorize_params", "token_params", "token_metadata",
-    "default_expires_in", *CLIENT_KEYS,
+    "default_expires_in", *CLIENT_KEYS, PREVIOUS_KEY,
 })
 # Overrides may also move the declarative requests of a built-in.
 REQUEST_KEYS = {"verify_url": "verify", "health_check_url": "health_check"}
@@ -56,7 +57,10 @@ def _client(table: Mapping[str, Any], where: str) -> ClientCredentials | None:
         return None
     if len(given) != 2 or not all(isinstance(table[k], str) and table[k] for k in given):
         raise ConfigError(f"{where}: client_id and client_secret must be set together")
-    return ClientCredentials(table["client_id"], table["client_secret"])
+    previous = table.get(PREVIOUS_KEY, [])
+    if not isinstance(previous, list) or not all(isinstance(x, str) and x for x in previous):
+        raise ConfigError(f"{where}: {PREVIOUS_KEY} must be a list of secrets")
+    return ClientCredentials(table["client_id"], table["client_secret"], tuple(previous))
 
 
 def _declare(slug: str, table: Mapping[str, Any], where: str) -> Provider:
@@ -69,7 +73,8 @@ def _declare(slug: str, table: Mapping[str, Any], where: str) -> Provider:
     missing = [k for k in ("name", "authorize_url", "token_url") if k not in table]
     if missing:
         raise ConfigError(f"{where}: a new provider needs {', '.join(missing)}")
-    values = {k: v for k, v in table.items() if k not in (*CLIENT_KEYS, "setup_type")}
+    values = {k: v for k, v in table.items()
+              if k not in (*CLIENT_KEYS, PREVIOUS_KEY, "setup_type")}
     values.setdefault("category", "other")
     values.setdefault("description", f"{values['name']} (declared in the providers file)")
     values.setdefault("docs_url", values["authorize_url"])
@@ -81,12 +86,13 @@ def _declare(slug: str, table: Mapping[str, Any], where: str) -> Provider:
 
 def _override(base: Provider, table: Mapping[str, Any], where: str) -> Provider:
     allowed = ({f.name for f in dataclasses.fields(base)} - NOT_OVERRIDABLE
-               | set(REQUEST_KEYS) | set(CLIENT_KEYS))
+               | set(REQUEST_KEYS) | set(CLIENT_KEYS) | {PREVIOUS_KEY})
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(f"{where}: {base.slug} has no overridable field(s) {unknown}; "
                           f"allowed: {sorted(allowed)}")
-    values = {k: v for k, v in table.items() if k not in CLIENT_KEYS and k not in REQUEST_KEYS}
+    values = {k: v for k, v in table.items()
+              if k not in CLIENT_KEYS and k not in REQUEST_KEYS and k != PREVIOUS_KEY}
     changes = _coerce(type(base), values, where)
     for key, attr in REQUEST_KEYS.items():
         if key in table:

@@ -18,15 +18,17 @@ from broker.errors import ConfigError
 DEFAULT_DATA_DIR = Path(".broker")
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-CLIENT_VAR = re.compile(r"^BROKER_([A-Z0-9_]+)_CLIENT_(ID|SECRET)$")
+CLIENT_VAR = re.compile(r"^BROKER_([A-Z0-9_]+)_CLIENT_(ID|SECRET|SECRET_PREVIOUS)$")
 
 
 @dataclass(frozen=True)
 class ClientCredentials:
-    """An OAuth app's client id and secret at one provider."""
+    """An OAuth app's client id and secret at one provider. Requests use ``client_secret``;
+    ``previous_secrets`` are still accepted on signed callbacks while the secret rotates."""
 
     client_id: str
     client_secret: str = field(repr=False)
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 def env_slug(slug: str) -> str:
@@ -80,7 +82,7 @@ class Settings:
             if (m := CLIENT_VAR.match(name)) and value.strip():
                 parts.setdefault(m[1], {})[m[2]] = value.strip()
         for slug, found in parts.items():
-            if set(found) != {"ID", "SECRET"}:
+            if {"ID", "SECRET"} - set(found):
                 raise ConfigError(f"BROKER_{slug}_CLIENT_ID and BROKER_{slug}_CLIENT_SECRET "
                                   "must be set together")
         allow_private = (get("ALLOW_PRIVATE_WEBHOOKS") or "false").lower()
@@ -98,8 +100,10 @@ class Settings:
             ),
             providers_file=Path(p) if (p := get("PROVIDERS_FILE")) else None,
             log_level=log_level,
-            oauth_clients={slug: ClientCredentials(p["ID"], p["SECRET"])
-                           for slug, p in parts.items()},
+            oauth_clients={slug: ClientCredentials(
+                p["ID"], p["SECRET"], tuple(x.strip() for x in p.get("SECRET_PREVIOUS", "")
+                                            .split(",") if x.strip()))
+                for slug, p in parts.items()},
             allow_private_webhooks=allow_private == "true",
             key_secrets={k: v for k, v in env.items() if k.startswith("BROKER_KEY_") and v},
         )

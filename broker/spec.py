@@ -206,11 +206,18 @@ def standard_token(raw: Mapping[str, Any], separator: str = " ") -> TokenRespons
 @dataclass(frozen=True, kw_only=True)
 class Callback:
     """What ``validate_callback`` sees: the callback's query exactly as received (repeated
-    keys kept), the app's client secret, and the inputs pinned when the flow started."""
+    keys kept), the app's client secret, and the inputs pinned when the flow started.
+    ``previous_secrets`` are secrets still accepted while the provider's console rotates
+    the app's secret: a signature under any of them is genuine."""
 
     query: Sequence[tuple[str, str]] = field(repr=False)
     client_secret: str = field(repr=False)
     inputs: Mapping[str, str]
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.client_secret, *self.previous_secrets)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,9 +35,12 @@ def validate_callback(callback: Callback) -> None:
     given = params.pop("hmac", "")
     params.pop("signature", None)
     message = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
-    expected = hmac.new(callback.client_secret.encode(), message.encode(),
-                        hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, given):
+    # Any accepted secret (the current one, or one still valid while the app's secret
+    # rotates); every candidate is compared, in constant time.
+    matches = [hmac.compare_digest(hmac.new(secret.encode(), message.encode(),
+                                            hashlib.sha256).hexdigest(), given)
+               for secret in callback.secrets]
+    if not any(matches):
         raise CallbackError("the callback signature does not match")
     timestamp = params.get("timestamp", "")
     if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CLOCK_TOLERANCE:

@@ -178,3 +178,28 @@ def test_only_settings_and_cli_read_the_environment() -> None:
     assert not offenders, "only broker/settings.py and the CLI modules may read the " \
         "environment:\n" + "\n".join(offenders)
     assert _env_reads(PACKAGE / "settings.py"), "the check no longer sees settings.py's read"
+
+
+def test_previous_client_secrets_from_the_environment() -> None:
+    settings = Settings.from_env({"BROKER_SHOPIFY_CLIENT_ID": "id",
+                                  "BROKER_SHOPIFY_CLIENT_SECRET": "new",
+                                  "BROKER_SHOPIFY_CLIENT_SECRET_PREVIOUS": "old1, old2"})
+    client = settings.oauth_clients["SHOPIFY"]
+    assert (client.client_secret, client.previous_secrets) == ("new", ("old1", "old2"))
+    assert "old1" not in repr(settings) and "new" not in repr(client)
+    with pytest.raises(ConfigError):
+        Settings.from_env({"BROKER_SHOPIFY_CLIENT_SECRET_PREVIOUS": "old"})
+
+
+def test_previous_client_secrets_from_the_providers_file(tmp_path: Path) -> None:
+    from broker import providers_file, registry
+
+    path = tmp_path / "providers.toml"
+    path.write_text('[providers.shopify]\nclient_id = "id"\nclient_secret = "new"\n'
+                    'previous_client_secrets = ["old"]\n')
+    _, clients = providers_file.load(path, registry.load())
+    assert clients["shopify"].previous_secrets == ("old",)
+    path.write_text('[providers.shopify]\nclient_id = "id"\nclient_secret = "new"\n'
+                    'previous_client_secrets = "old"\n')
+    with pytest.raises(ConfigError, match="previous_client_secrets"):
+        providers_file.load(path, registry.load())

@@ -128,3 +128,15 @@ def test_other_shop_is_refused_even_when_signed() -> None:
 def test_shop_outside_myshopify_is_refused(shop: str) -> None:
     with pytest.raises(CallbackError, match="another shop"):
         check(callback_query(shop=shop), shop=shop)
+
+
+def test_a_previous_secret_is_accepted_while_the_secret_rotates() -> None:
+    # Signed by Shopify with the old secret, checked by a broker that has the new one too.
+    query = signed([p for p in callback_query() if p[0] != "hmac"], secret="old-secret")
+    with pytest.raises(CallbackError):
+        check(query)  # the current secret alone refuses it
+    validate_callback(Callback(query=query, client_secret=SECRET, inputs={"shop": SHOP},
+                               previous_secrets=("old-secret",)))
+    with pytest.raises(CallbackError):
+        validate_callback(Callback(query=query, client_secret=SECRET, inputs={"shop": SHOP},
+                                   previous_secrets=("another",)))
