@@ -20,6 +20,7 @@ from broker.credentials import Credentials
 from broker.crypto import KeyRing
 from broker.errors import ApiError
 from broker.http import Json, RequestContext, api_error, http_error
+from broker.metrics import serve_metrics
 from broker.routes import api, connect, health, internal
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
@@ -60,6 +61,7 @@ def routes() -> list[Route]:
         Route("/openapi.json", serve_openapi, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", serve_metrics, methods=["GET"]),
     ]
 
 

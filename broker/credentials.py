@@ -164,7 +164,9 @@ class Credentials:
             now = utcnow()
             if hit[3] is None or hit[3] - now >= MARGIN:
                 self._reads[hit[2]] = (reader, now)
+                self.rt.metrics.cache.labels("cache").inc()
                 return hit[1]
+        self.rt.metrics.cache.labels("database").inc()
         # One load per key at a time: when an entry expires under load, the readers that
         # arrive meanwhile wait for that load instead of each querying the database.
         loading = self._loading.get(key)
@@ -260,6 +262,7 @@ class Credentials:
         ttl_ms = int((2 * timeout + 5) * 1000)  # outlives the provider call it guards
         deadline = time.monotonic() + ttl_ms / 1000
         name = f"refresh:{integration_id}"
+        waited_since = time.monotonic()
         try:
             while (owner := await self.rt.state_store.acquire(name, ttl_ms)) is None:
                 # Another process is refreshing: wait for its write, then use it.
@@ -268,6 +271,7 @@ class Credentials:
                 provider = self.rt.providers[integration.provider]
                 if credential is None or not needs_refresh(provider, credential, utcnow(),
                                                            margin):
+                    self.rt.metrics.lock_waits.observe(time.monotonic() - waited_since)
                     return integration, credential
                 if time.monotonic() > deadline:
                     raise Unavailable("Another refresh of this credential is taking too "
@@ -294,12 +298,19 @@ class Credentials:
                               code="provider_not_configured")
         old = store.open_credential(self.rt.ring, integration, credential)
         assert old.refresh_token is not None
+        started = time.monotonic()
         try:
             token = await flow.refresh(provider, client, refresh_token=old.refresh_token,
                                        inputs=inputs_of(provider, integration),
                                        timeout=self.rt.settings.provider_timeout)
         except flow.ExchangeError as exc:
+            self.rt.metrics.refreshes.labels(provider.slug, "permanent" if exc.code in PERMANENT
+                                             else "transient").inc()
             return await self._failed(integration_id, credential, exc.code)
+        finally:
+            self.rt.metrics.provider_calls.labels(provider.slug, "refresh").observe(
+                time.monotonic() - started)
+        self.rt.metrics.refreshes.labels(provider.slug, "success").inc()
         new_secrets = store.Secrets(access_token=token.access_token,
                                     refresh_token=token.refresh_token or old.refresh_token,
                                     fields=old.fields)

@@ -93,11 +93,17 @@ class RequestContext:
                 await error_body(500, "internal_error", "Internal error.")(
                     scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+            if metrics is not None:
+                metrics.requests.labels(route, scope["method"], str(status)).inc()
+                metrics.latency.labels(route).observe(elapsed)
             log.info("request", extra={
                 "method": scope["method"],
                 "path": SECRET_PATH.sub(r"\1[REDACTED]", scope["path"])[:200],
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
             })
             request_id_var.reset(token)
 

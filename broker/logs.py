@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -16,6 +17,27 @@ CAPPED_LOGGERS = ("authlib", "httpx2", "httpx", "httpcore", "hpack", "sqlalchemy
                   "asyncio", "aiosqlite")
 STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "color_message"}
+
+
+# The last line of defence: whatever a library or a message carries, these shapes never
+# reach a log line. Names of secret-bearing parameters, in query strings, forms, JSON and
+# reprs; credentials in Authorization headers; the broker's own keys and tokens.
+_SECRET_NAMES = (r"access_token|refresh_token|id_token|client_secret|code_verifier|"
+                 r"code|state|password|passwd|api_key|apikey|secret|token|server_token|"
+                 r"authorization|x-api-key|cookie|hmac")
+_REDACTIONS = (
+    (re.compile(r"(?i)\b(bearer|basic|token|klaviyo-api-key|oauth)(\s+)[A-Za-z0-9._~+/=:-]{6,}"),
+     r"\1\2[REDACTED]"),
+    (re.compile(rf"(?i)((?:{_SECRET_NAMES})\\?[\"']?\s*[=:]\s*\\?[\"']?)[^\s\"'&,;}}\\]+"),
+     r"\1[REDACTED]"),
+    (re.compile(r"\b(riq|rst)_[A-Za-z0-9]{20,}"), r"\1_[REDACTED]"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +55,7 @@ class JsonFormatter(logging.Formatter):
             # library errors can quote the values they were given.
             line["exc_type"] = record.exc_info[0].__name__
             line["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 def cap_library_loggers() -> None:

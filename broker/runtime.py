@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker import registry
 from broker.crypto import KeyRing
 from broker.db import create_engine, sessionmaker
+from broker.metrics import Metrics
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
 from broker.state import StateStore, open_state
@@ -28,6 +29,7 @@ class Runtime:
     sessions: Any
     state_store: StateStore
     http: httpx2.AsyncClient
+    metrics: Metrics
 
 
 @contextlib.asynccontextmanager
@@ -52,6 +54,7 @@ async def open_runtime(
         # is never carried to a host the declaration did not name.
         http=httpx2.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False,
                                 trust_env=False),
+        metrics=Metrics(),
     )
     try:
         yield runtime

@@ -12,6 +12,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -204,6 +205,7 @@ async def submit_form(request: Request) -> Response:
         await installs.complete(session, app.ring, project_id=record["project_id"],
                                 provider=provider, secrets=Secrets(fields=secret),
                                 metadata=plain, request_id=request_id_var.get())
+    app.metrics.installs.labels(provider.slug, "installed").inc()
     return _finish(request, record, provider, ok=True)
 
 
@@ -244,6 +246,7 @@ async def oauth_callback(request: Request) -> Response:
     client = app.clients[provider.slug]
 
     async def fail(reason: str, status: int) -> Response:
+        app.metrics.installs.labels(provider.slug, "failed").inc()
         async with app.sessions() as session:
             await installs.record_failure(session, project_id=record["project_id"],
                                           provider=provider.slug, reason=reason,
@@ -260,9 +263,11 @@ async def oauth_callback(request: Request) -> Response:
     if provider.hooks.validate_callback is not None:
         try:
             provider.hooks.validate_callback(Callback(
-                query=query, client_secret=client.client_secret, inputs=record["inputs"]))
+                query=query, client_secret=client.client_secret, inputs=record["inputs"],
+                previous_secrets=client.previous_secrets))
         except CallbackError:
             return await fail("invalid_callback", 400)
+    started = time.monotonic()
     try:
         token = await flow.exchange(provider, client, code=codes[0],
                                     redirect_uri=record["redirect_uri"],
@@ -272,6 +277,9 @@ async def oauth_callback(request: Request) -> Response:
         log.warning("code exchange failed", extra={"provider": provider.slug,
                                                    "reason": exc.code})
         return await fail(exc.code, 502)
+    finally:
+        app.metrics.provider_calls.labels(provider.slug, "exchange").observe(
+            time.monotonic() - started)
     _, plain_inputs = secret_and_plain(provider, record["inputs"])
     extra: dict[str, Any] = {}
     if provider.hooks.after_connect is not None:
@@ -289,4 +297,5 @@ async def oauth_callback(request: Request) -> Response:
             token_type=token.token_type, scopes=token.scopes,
             expires_at=flow.expires_at(provider, token, utcnow()),
             request_id=request_id_var.get())
+    app.metrics.installs.labels(provider.slug, "installed").inc()
     return _finish(request, record, provider, ok=True)
