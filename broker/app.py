@@ -21,6 +21,7 @@ from broker.crypto import KeyRing
 from broker.errors import ApiError
 from broker.http import Json, RequestContext, api_error, http_error
 from broker.metrics import serve_metrics
+from broker.migrate import head_revision
 from broker.routes import api, connect, health, internal
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
@@ -103,6 +104,7 @@ def create_app(
                                 state_store=state_store) as runtime:
             for name, value in vars(runtime).items():
                 setattr(app.state, name, value)
+            app.state.schema_head = head_revision()
             app.state.credentials = credentials = Credentials(runtime)
             app.state.service_tokens = tokens = TokenCache()
             credentials.on_message.append(

@@ -280,3 +280,10 @@ async def test_request_id_is_echoed_or_made(harness: Harness) -> None:
 async def test_readyz(harness: Harness) -> None:
     r = await harness.client.get("/readyz")
     assert r.status_code == 200 and r.json()["status"] == "ready"
+
+
+async def test_readyz_reports_a_schema_behind_the_code(harness: Harness) -> None:
+    harness.app.state.schema_head = "9999"
+    r = await harness.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["schema"].endswith("expected 9999")

@@ -320,3 +320,13 @@ def test_image_is_non_root_and_keeps_secrets_out_of_the_context() -> None:
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     ignored = set((DEPLOY / "Dockerfile.dockerignore").read_text().split())
     assert {"**/keys.json", ".venv", ".git", ".broker"} <= ignored
+
+
+def test_configmap_holds_real_settings_and_both_deployments_use_it() -> None:
+    configmap = (K8S / "configmap.yaml").read_text()
+    keys = set(re.findall(r"^  (BROKER_[A-Z0-9_]+):", configmap, re.M))
+    assert keys and keys <= from_env_names(), keys - from_env_names()
+    assert "BROKER_KEYS" not in keys and "BROKER_DATABASE_URL" not in keys  # secrets elsewhere
+    for name in ("deployment.yaml", "worker.yaml"):
+        text = (K8S / name).read_text()
+        assert re.search(r"envFrom:\n\s+- configMapRef:\n\s+name: integration-broker", text), name
