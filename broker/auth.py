@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker import apikeys
+from broker import apikeys, limits
 from broker.db import utcnow
 from broker.errors import ApiError, Forbidden, NotFound, Unauthorized
 from broker.logs import request_id_var
@@ -69,8 +69,13 @@ def api_key_route(scope: str, endpoint: Endpoint) -> Callable[[Request], Awaitab
     carry ``scope`` (403)."""
 
     async def handler(request: Request) -> Response:
+        await limits.refuse_if_blocked(request)
         async with request.app.state.sessions() as session:
-            caller = await authenticate(session, request.headers.get("x-api-key"))
+            try:
+                caller = await authenticate(session, request.headers.get("x-api-key"))
+            except Unauthorized:
+                await limits.record_failure(request)
+                raise
             if request.path_params.get("projectId") != caller.project_id:
                 raise NotFound("No such project.")
             if scope not in caller.scopes:
@@ -160,10 +165,15 @@ class TokenCache:
             await asyncio.wait({pending})
             if (token_id := self.get(header)) is not None:
                 return token_id
+        await limits.refuse_if_blocked(request)
         pending = self._checking.setdefault(header, asyncio.get_running_loop().create_future())
         try:
             async with request.app.state.sessions() as session:
-                token_id = await authenticate_service(session, header)
+                try:
+                    token_id = await authenticate_service(session, header)
+                except ServiceUnauthorized:
+                    await limits.record_failure(request)
+                    raise
             self.put(header, token_id)
             return token_id
         finally:

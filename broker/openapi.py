@@ -30,7 +30,8 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or invalid API key",
             403: "The key lacks the scope", 404: "Unknown project, provider or integration",
-            409: "State conflict", 422: "Validation failed"}
+            409: "State conflict", 422: "Validation failed",
+            429: "Too many failed attempts from this address"}
     return {str(s): {"description": text[s], "content": {"application/json": {
         "schema": _ref("Error")}}} for s in statuses}
 
@@ -45,7 +46,7 @@ def _op(op_id: str, summary: str, scope: str, responses: dict[str, Any], *,
         "security": [{"ApiKey": []}],
         "parameters": [{"$ref": f"#/components/parameters/{p}"} for p in params]
         + (query or []),
-        "responses": responses,
+        "responses": {**responses, **_errors(429)},
     }
     if body is not None:
         op["requestBody"] = {"required": body_required,
@@ -59,7 +60,7 @@ def _browser(op_id: str, summary: str, param: str, responses: dict[str, Any]
     return {"operationId": op_id, "summary": summary, "security": [],
             "parameters": [{"name": param, "in": "path", "required": True,
                             "schema": {"type": "string"}}],
-            "responses": responses}
+            "responses": {**responses, "429": {"description": "Too many requests"}}}
 
 
 def _internal(op_id: str, summary: str, responses: dict[str, Any], *,

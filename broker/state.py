@@ -33,8 +33,11 @@ class StateStore(Protocol):
     async def put(self, kind: str, token: str, record: dict[str, Any], ttl: int) -> None: ...
     async def get(self, kind: str, token: str) -> dict[str, Any] | None: ...
     async def take(self, kind: str, token: str) -> dict[str, Any] | None: ...
+    async def hit(self, name: str, window: int) -> int: ...
+    async def count(self, name: str) -> int: ...
     async def acquire(self, name: str, ttl_ms: int) -> str | None: ...
     async def release(self, name: str, owner: str) -> None: ...
+    async def extend(self, name: str, owner: str, ttl_ms: int) -> bool: ...
     async def publish(self, channel: str, message: str) -> None: ...
     def subscribe(self, channel: str) -> AsyncIterator[str]: ...
     async def ping(self) -> bool: ...
@@ -45,6 +48,11 @@ class StateStore(Protocol):
 # release the next holder's.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Likewise, only the owner may extend its lock.
+EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -80,6 +88,17 @@ class MemoryState:
         self._records.pop(key, None)
         return None if raw is None else json.loads(raw)
 
+    async def hit(self, name: str, window: int) -> int:
+        """Count one event in a fixed window of ``window`` seconds; returns the count."""
+        key = f"broker:rate:{name}"
+        count = int(self._live(key) or 0) + 1
+        expires = self._records[key][0] if count > 1 else time.monotonic() + window
+        self._records[key] = (expires, str(count))
+        return count
+
+    async def count(self, name: str) -> int:
+        return int(self._live(f"broker:rate:{name}") or 0)
+
     async def acquire(self, name: str, ttl_ms: int) -> str | None:
         key, owner = f"broker:lock:{name}", secrets.token_hex(16)
         if self._live(key) is not None:
@@ -91,6 +110,13 @@ class MemoryState:
         key = f"broker:lock:{name}"
         if self._live(key) == owner:
             del self._records[key]
+
+    async def extend(self, name: str, owner: str, ttl_ms: int) -> bool:
+        key = f"broker:lock:{name}"
+        if self._live(key) != owner:
+            return False
+        self._records[key] = (time.monotonic() + ttl_ms / 1000, owner)
+        return True
 
     async def publish(self, channel: str, message: str) -> None:
         return None  # one process: nobody else to tell
@@ -128,6 +154,16 @@ class RedisState:
         raw = await self._call("GETDEL", _key(kind, token))
         return None if raw is None else json.loads(raw)
 
+    async def hit(self, name: str, window: int) -> int:
+        key = f"broker:rate:{name}"
+        # Create the counter with its expiry first, so a crash can never leave one that
+        # lives for ever; INCR keeps the expiry.
+        await self._call("SET", key, 0, "EX", window, "NX")
+        return int(await self._call("INCR", key))
+
+    async def count(self, name: str) -> int:
+        return int(await self._call("GET", f"broker:rate:{name}") or 0)
+
     async def acquire(self, name: str, ttl_ms: int) -> str | None:
         """A lock owned by a random token, expiring after ``ttl_ms`` whatever happens."""
         owner = secrets.token_hex(16)
@@ -136,6 +172,9 @@ class RedisState:
 
     async def release(self, name: str, owner: str) -> None:
         await self._call("EVAL", RELEASE, 1, f"broker:lock:{name}", owner)
+
+    async def extend(self, name: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._call("EVAL", EXTEND, 1, f"broker:lock:{name}", owner, ttl_ms))
 
     async def publish(self, channel: str, message: str) -> None:
         await self._call("PUBLISH", f"broker:{channel}", message)

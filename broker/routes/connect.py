@@ -20,7 +20,7 @@ import httpx2
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from broker import checks, connect, flow, installs, pages
+from broker import checks, connect, flow, installs, limits, pages
 from broker.checks import NotVerified, Rejected
 from broker.credentials_form import check_inputs, check_webhook_url, secret_and_plain
 from broker.db import utcnow
@@ -129,6 +129,9 @@ def _unavailable(request: Request) -> Response:
 async def open_connect(request: Request) -> Response:
     """``GET /connect/{session}``: use the single-use link, bind this browser, and go on to
     the provider (OAuth with nothing to ask) or show the form."""
+    if await limits.over_browser_limit(request):
+        return _page(request, "Too many requests", "Too many requests from this address; "
+                     "try again in a minute.", 429)
     token = request.path_params["session"]
     app = request.app.state
     if not TOKEN.match(token):
@@ -162,6 +165,9 @@ def _missing(provider: Provider, values: dict[str, str]) -> bool:
 async def submit_form(request: Request) -> Response:
     """``POST /connect/forms/{form}``: check the typed values; for OAuth go on to the
     provider, otherwise verify the credential with the provider and store it."""
+    if await limits.over_browser_limit(request):
+        return _page(request, "Too many requests", "Too many requests from this address; "
+                     "try again in a minute.", 429)
     form_id = request.path_params["form"]
     app = request.app.state
     try:
@@ -223,6 +229,9 @@ async def _after_connect(app: Any, provider: OAuth2Provider, token: Any,
 
 async def oauth_callback(request: Request) -> Response:
     """``GET /oauth/{provider}/callback``: the redirect URI registered at every provider."""
+    if await limits.over_browser_limit(request):
+        return _page(request, "Too many requests", "Too many requests from this address; "
+                     "try again in a minute.", 429)
     app = request.app.state
     query = request.query_params.multi_items()
     states = [v for k, v in query if k == "state"]
