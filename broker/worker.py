@@ -98,20 +98,38 @@ async def sweep(rt: Runtime, credentials: Credentials) -> tuple[int, int]:
     return await refresh_due(rt, credentials), await check_due(rt)
 
 
+async def _keep(rt: Runtime, owner: str, ttl_ms: int, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if not await rt.state_store.extend("worker", owner, ttl_ms):
+                log.warning("worker lock lost during a sweep")
+                return
+        except StateUnavailable:
+            log.warning("worker: state store unreachable; cannot extend the lock")
+
+
 async def run(rt: Runtime, credentials: Credentials, stop: asyncio.Event,
               interval: float = 30.0) -> None:
     """Sweep every ``interval`` seconds while holding the worker lock; other instances
     wait their turn, so one runner works at a time."""
+    ttl_ms = int(interval * 2000)
     while not stop.is_set():
         try:
-            owner = await rt.state_store.acquire("worker", int(interval * 2000))
+            owner = await rt.state_store.acquire("worker", ttl_ms)
             if owner is not None:
+                # A sweep may outlast the lock's lifetime (many slow providers): keep the
+                # lock alive while it runs, so no other instance starts a second sweep.
+                keepalive = asyncio.create_task(_keep(rt, owner, ttl_ms, interval))
                 try:
                     refreshed, checked = await sweep(rt, credentials)
                     if refreshed or checked:
                         log.info("worker sweep", extra={"refreshed": refreshed,
                                                         "checked": checked})
                 finally:
+                    keepalive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keepalive
                     await rt.state_store.release("worker", owner)
         except StateUnavailable:
             log.warning("worker: state store unreachable; skipping this sweep")

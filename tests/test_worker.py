@@ -141,3 +141,27 @@ def test_worker_command_runs_and_stops_on_sigterm(tmp_path: Any) -> None:
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_locks_extend_only_for_their_owner(kind: str) -> None:
+    from broker.state import MemoryState, RedisState
+    from tests.conftest import service_missing
+
+    state = MemoryState() if kind == "memory" else RedisState("redis://127.0.0.1:6379/0")
+    try:
+        if not await state.ping():
+            service_missing("Redis at 127.0.0.1:6379")
+        name = f"test-lock-{id(state)}"
+        owner = await state.acquire(name, 200)
+        assert owner is not None and await state.acquire(name, 200) is None
+        assert await state.extend(name, owner, 1000)
+        assert not await state.extend(name, "someone-else", 1000)
+        await asyncio.sleep(0.4)  # past the first lifetime: the extension holds it
+        assert await state.acquire(name, 200) is None
+        await state.release(name, "someone-else")  # not the owner: no effect
+        assert await state.acquire(name, 200) is None
+        await state.release(name, owner)
+        assert await state.acquire(name, 200) is not None
+    finally:
+        await state.close()
