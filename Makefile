@@ -18,6 +18,7 @@ dev: $(VENV)/.installed
 	$(VENV)/bin/broker dev
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check broker providers tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -23,9 +23,9 @@ from broker.http import Json, RequestContext, api_error, http_error
 from broker.metrics import serve_metrics
 from broker.migrate import head_revision
 from broker.routes import api, connect, health, internal
+from broker.runtime import Runtime, open_runtime
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
-from broker.runtime import Runtime, open_runtime
 from broker.state import StateStore
 
 V1 = "/v1/projects/{projectId}/integrations"

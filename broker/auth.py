@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,7 +50,8 @@ Endpoint = Callable[[Ctx], Awaitable[Response]]
 
 async def authenticate(session: AsyncSession, presented: str | None) -> Caller:
     public_id = apikeys.parse(apikeys.API_KEY_PREFIX, presented or "")
-    row = await session.get(ApiKey, f"{apikeys.API_KEY_ID_PREFIX}{public_id}") if public_id else None
+    row_id = f"{apikeys.API_KEY_ID_PREFIX}{public_id}" if public_id else None
+    row = await session.get(ApiKey, row_id) if row_id else None
     # Hash even when there is nothing to compare against, so that all failures cost alike.
     valid = apikeys.matches(presented or "", row.key_hash if row else b"\0" * 32)
     if row is None or not valid or row.revoked_at is not None:
@@ -84,7 +85,7 @@ def api_key_route(scope: str, endpoint: Endpoint) -> Callable[[Request], Awaitab
 
     handler.__name__ = endpoint.__name__
     handler.__doc__ = endpoint.__doc__
-    setattr(handler, "scope", scope)
+    handler.scope = scope
     return handler
 
 
@@ -209,5 +210,5 @@ def service_route(endpoint: Callable[[ServiceCtx], Awaitable[Response]]
 
     handler.__name__ = endpoint.__name__
     handler.__doc__ = endpoint.__doc__
-    setattr(handler, "scope", "service")
+    handler.scope = "service"
     return handler

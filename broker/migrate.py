@@ -16,7 +16,8 @@ def alembic_config(database_url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(files("broker") / "migrations"))
     cfg.set_main_option(
-        "file_template", "%%(year)d%%(month).2d%%(day).2d_%%(hour).2d%%(minute).2d_%%(slug)s_%%(rev)s"
+        "file_template",
+        "%%(year)d%%(month).2d%%(day).2d_%%(hour).2d%%(minute).2d_%%(slug)s_%%(rev)s",
     )
     cfg.attributes["database_url"] = database_url
     return cfg

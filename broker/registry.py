@@ -32,7 +32,8 @@ def load(eps: Iterable[EntryPoint] | None = None) -> Mapping[str, Provider]:
         try:
             obj = ep.load()
         except Exception as exc:
-            raise ProviderError(f"cannot load provider {ep.name!r} from {_source(ep)}: {exc}")
+            raise ProviderError(
+                f"cannot load provider {ep.name!r} from {_source(ep)}: {exc}") from None
         if not isinstance(obj, Provider):
             raise ProviderError(f"{_source(ep)} is not a broker.spec provider")
         if obj.slug != ep.name:

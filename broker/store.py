@@ -22,7 +22,6 @@ from broker.crypto import KeyRing, RowContext
 from broker.db import utcnow
 from broker.models import ApiKey, AuditEvent, Credential, Integration, Project
 
-
 PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

@@ -10,7 +10,6 @@ import socket
 from pathlib import Path
 
 import httpx2
-import pytest
 
 from broker import store
 from broker.app import create_app

@@ -29,7 +29,11 @@ from asgi_lifespan import LifespanManager
 from broker import apikeys, migrate, store
 from broker.app import create_app
 from broker.client import (
-    UNSET, AsyncBrokerClient, BrokerClient, BrokerConnectionError, BrokerError,
+    UNSET,
+    AsyncBrokerClient,
+    BrokerClient,
+    BrokerConnectionError,
+    BrokerError,
 )
 from broker.crypto import KeyRing
 from broker.db import create_engine, sessionmaker, utcnow

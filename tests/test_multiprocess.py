@@ -127,7 +127,8 @@ def test_refresh_storm_across_two_processes_makes_one_provider_call(
                 for i in range(200)))
 
     results = asyncio.run(storm())
-    assert {r.status_code for r in results} == {200}, {r.text for r in results if r.status_code != 200}
+    failed = {r.text for r in results if r.status_code != 200}
+    assert {r.status_code for r in results} == {200}, failed
     tokens = {r.json()["data"]["access_token"] for r in results}
     assert len(tokens) == 1 and tokens != {"at-expired"}
     refreshes = [r for r in state.token_requests if r["grant_type"] == "refresh_token"]

@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from broker import catalog, connect, lifecycle, store
 from broker.auth import Ctx
+from broker.credentials import revoke_at_provider
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
-from broker.credentials import revoke_at_provider
 from broker.models import Credential, Integration
 from broker.spec import Provider
 

@@ -29,7 +29,12 @@ from broker.http import read_form
 from broker.logs import request_id_var
 from broker.settings import env_slug
 from broker.spec import (
-    Callback, CallbackError, Connected, OAuth2Provider, Provider, WebhookProvider,
+    Callback,
+    CallbackError,
+    Connected,
+    OAuth2Provider,
+    Provider,
+    WebhookProvider,
 )
 from broker.state import StateUnavailable
 from broker.store import Secrets
