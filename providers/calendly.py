@@ -1,6 +1,9 @@
-"""Calendly: OAuth 2.0 authorization code.
+"""Calendly: OAuth 2.0 authorization code with PKCE.
 
-https://developer.calendly.com/create-a-developer-account
+https://developer.calendly.com/api-docs/calendly-o-auth/o-auth/post-oauth-refresh-token
+https://developer.calendly.com/api-docs/calendly-o-auth/o-auth/get-oauth-authorize
+https://developer.calendly.com/creating-an-oauth-app
+https://developer.calendly.com/how-to-access-calendly-data-on-behalf-of-authenticated-users
 """
 
 from broker.spec import Action, OAuth2Provider, Request
@@ -10,15 +13,19 @@ provider = OAuth2Provider(
     name="Calendly",
     category="calendar",
     description="Event types, scheduled events and invitees of a Calendly user.",
-    docs_url="https://developer.calendly.com/create-a-developer-account",
+    docs_url="https://developer.calendly.com/how-to-access-calendly-data-on-behalf-of-authenticated-users",
     authorize_url="https://auth.calendly.com/oauth/authorize",
+    # Web clients authenticate with HTTP Basic (client_id:client_secret). Access tokens last
+    # 2 hours; refresh tokens are single-use and rotate on every refresh.
     token_url="https://auth.calendly.com/oauth/token",
-    # client_id, client_secret and token in the form body.
-    revoke_url="https://auth.calendly.com/oauth/revoke",
-    revoke_style="rfc7009",
-    pkce=False,
-    client_auth_method="client_secret_post",
-    # The user and organization URIs identify whose Calendly this is.
+    # Scopes are chosen on the app's registration, not requested on the authorize URL.
+    # Calendly recommends PKCE (S256) for all OAuth apps, web or native.
+    pkce=True,
+    client_auth_method="client_secret_basic",
+    # No revoke_url: POST https://auth.calendly.com/oauth/revoke documents client_id and
+    # client_secret in the form body, while the token endpoint documents HTTP Basic; the
+    # spec has one client_auth_method for both.
+    # The token response names the user and organization URIs.
     token_metadata=("owner", "organization"),
     health_check=Request(url="https://api.calendly.com/users/me"),
     actions=(

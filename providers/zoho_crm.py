@@ -1,6 +1,7 @@
 """Zoho CRM: OAuth 2.0 authorization code (US data center, accounts.zoho.com).
 
-https://www.zoho.com/crm/developer/docs/api/v8/oauth-overview.html
+https://zoho.com/accounts/protocol/oauth/web-apps/authorization.html
+https://zoho.com/accounts/protocol/oauth/web-apps/access-token.html
 """
 
 from broker.spec import Action, Header, OAuth2Provider, Request
@@ -10,8 +11,9 @@ provider = OAuth2Provider(
     name="Zoho CRM",
     category="crm",
     description="Leads, contacts and deals of a Zoho CRM organization (US data center).",
-    docs_url="https://www.zoho.com/crm/developer/docs/api/v8/oauth-overview.html",
+    docs_url="https://zoho.com/accounts/protocol/oauth/web-apps/authorization.html",
     authorize_url="https://accounts.zoho.com/oauth/v2/auth",
+    # client_id and client_secret are sent as parameters of the token request.
     token_url="https://accounts.zoho.com/oauth/v2/token",
     scopes=("ZohoCRM.modules.ALL", "ZohoCRM.users.READ"),
     scope_separator=",",
