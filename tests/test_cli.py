@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -512,5 +513,36 @@ def test_serve_starts_and_answers_healthz(tmp_path: Path,
             time.sleep(0.1)
     assert answer == (200, {"status": "ok"}), (
         f"exit {proc.poll()}; no healthy answer on port {port}\n{log.read_text()}")
+    proc.terminate()
+    assert proc.wait(timeout=TIMEOUT) is not None
+
+
+def test_dev_runs_on_embedded_defaults_and_prints_a_working_key(
+        tmp_path: Path, stop_later: list[subprocess.Popen[bytes]]) -> None:
+    port = free_port()
+    log = tmp_path / "dev.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "dev", "--port", str(port)],
+            cwd=tmp_path, env=broker_env(), stdout=sink, stderr=subprocess.STDOUT)
+    stop_later.append(proc)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline, catalog = time.monotonic() + 20, None
+    while catalog is None and time.monotonic() < deadline and proc.poll() is None:
+        keys = re.findall(r"riq_[A-Za-z0-9]+", log.read_text())
+        if keys:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/projects/prj_demo/integrations/catalog",
+                headers={"X-API-Key": keys[0]})
+            try:
+                with opener.open(request, timeout=2) as resp:
+                    catalog = json.loads(resp.read())["data"]
+            except (urllib.error.URLError, OSError):
+                pass
+        time.sleep(0.1)
+    assert catalog, f"exit {proc.poll()}\n{log.read_text()}"
+    assert {"slack", "shopify", "postmark"} <= {entry["provider"] for entry in catalog}
+    assert (tmp_path / ".broker" / "keys.json").exists()
+    assert (tmp_path / ".broker" / "broker.db").exists()
     proc.terminate()
     assert proc.wait(timeout=TIMEOUT) is not None

@@ -21,6 +21,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -330,3 +331,66 @@ def test_configmap_holds_real_settings_and_both_deployments_use_it() -> None:
     for name in ("deployment.yaml", "worker.yaml"):
         text = (K8S / name).read_text()
         assert re.search(r"envFrom:\n\s+- configMapRef:\n\s+name: integration-broker", text), name
+
+
+# -- parsed manifests --------------------------------------------------------------------------
+
+def _yaml(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_every_manifest_parses_and_names_its_kind() -> None:
+    seen = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _yaml(path):
+            assert doc.get("apiVersion") and doc.get("kind"), path.name
+            assert doc["metadata"]["name"].startswith("integration-broker"), path.name
+            seen[(doc["kind"], doc["metadata"]["name"])] = doc
+    kinds = {kind for kind, _ in seen}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "Job", "Secret",
+            "ConfigMap"} <= kinds
+
+
+def test_parsed_manifests_agree_with_the_code() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for path in K8S.glob("*.yaml") for d in _yaml(path)}
+    server = docs[("Deployment", "integration-broker")]
+    [container] = server["spec"]["template"]["spec"]["containers"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert container["args"][:1] == ["serve"] and str(port) in container["args"]
+    served = {r.path for r in routes()}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] in served
+        assert container[probe]["httpGet"]["port"] == "http"
+    service = docs[("Service", "integration-broker")]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["selector"].items() <= \
+        server["spec"]["template"]["metadata"]["labels"].items()
+    hpa = docs[("HorizontalPodAutoscaler", "integration-broker")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "integration-broker"
+    names = from_env_names()
+    for doc in docs.values():
+        if doc["kind"] in ("Deployment", "Job"):
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False
+                for env in c.get("env", []):
+                    assert env["name"] in names, env["name"]
+                assert c["args"][0] in subcommands()
+
+
+def test_compose_parses_and_agrees_with_the_code() -> None:
+    import yaml
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "migrate", "broker", "worker"} <= set(services)
+    assert services["broker"]["command"][0] == "serve"
+    assert services["worker"]["command"] == ["worker"]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["broker"]["depends_on"]["migrate"]["condition"] == \
+        "service_completed_successfully"
+    names = from_env_names()
+    for name in ("broker", "worker", "migrate"):
+        assert set(services[name]["environment"]) <= names, name
