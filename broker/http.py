@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.errors import ApiError, BadRequest
+from broker.errors import ApiError, BadRequest, Unprocessable
 from broker.logs import request_id_var
 
 log = logging.getLogger("broker.access")
@@ -124,7 +124,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing one over ``limit`` bytes before reading it whole."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (not (declared.isascii() and declared.isdigit())
+                                 or int(declared) > limit):
         raise BadRequest(f"The body is larger than {limit} bytes.", code="body_too_large")
     body = bytearray()
     async for chunk in request.stream():
@@ -158,9 +159,13 @@ async def read_json(request: Request, limit: int, *, optional: bool = False) -> 
             return None
         raise BadRequest("The body is empty; send a JSON object.", code="invalid_json")
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicates)
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                           object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # Say where, not what: the body may hold anything.
         where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
         raise BadRequest(f"The body is not valid JSON{where}.", code="invalid_json") from None
+    if optional and value is None:
+        # An absent body is allowed; a JSON null is not "absent", and not an object either.
+        raise Unprocessable("The body must be a JSON object, or empty.")
+    return value

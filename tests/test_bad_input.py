@@ -122,3 +122,34 @@ async def test_logs_carry_no_secrets_or_bodies(harness: Harness,
                    session_token, "A" * 50):
         assert secret not in text, secret
     assert any(getattr(rec, "path", "") == "/connect/[REDACTED]" for rec in caplog.records)
+
+
+async def test_schemathesis_findings_stay_fixed(harness: Harness) -> None:
+    """Each was a 500 or an accepted non-object before the schemathesis suite found it."""
+    from broker import apikeys
+    from broker.db import utcnow
+    from broker.models import ServiceToken
+
+    public, token = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
+    async with harness.app.state.sessions() as s:
+        s.add(ServiceToken(id=f"st_{public}", name="t", created_at=utcnow(),
+                           token_hash=apikeys.digest(token)))
+        await s.commit()
+    bearer = {"Authorization": f"Bearer {token}"}
+    project = new_project()
+    for provider in ({}, [], 5, None):
+        r = await harness.client.post(f"/internal/v1/projects/{project}/connect-sessions",
+                                      json={"provider": provider}, headers=bearer)
+        assert r.status_code == 422, provider
+    for query in ("before=%C2%B9", "limit=%C2%B9", "limit=%D9%A3"):  # superscript, Arabic 3
+        r = await harness.client.get(f"/internal/v1/projects/{project}/audit?{query}",
+                                     headers=bearer)
+        assert r.status_code == 422, query
+    key = await harness.key(project, "integrations:write")
+    r = await harness.client.post(f"/v1/projects/{project}/integrations/postmark/install-url",
+                                  content=b"null", headers={"X-API-Key": key,
+                                                            "Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = await harness.client.post(f"/v1/projects/{project}/integrations/postmark/install-url",
+                                  headers={"X-API-Key": key})
+    assert r.status_code == 200

@@ -488,7 +488,7 @@ async def test_missing_client_credentials_is_a_clear_page(
                      '[providers.shopify]', "\n[providers.shopify]"))
     async for f in make_flow(flow_settings, ring, fakes):
         r = await f.get(await f.install_url(new_project(), "acme"))
-        assert r.status_code == 503 and "BROKER_ACME_CLIENT_ID" in r.text
+        assert r.status_code == 409 and "BROKER_ACME_CLIENT_ID" in r.text
 
 
 # -- the state store: Redis when configured, and 503 when it is down -----------------------

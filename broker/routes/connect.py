@@ -103,9 +103,10 @@ async def _start_oauth(request: Request, provider: OAuth2Provider, record: dict[
     client = app.clients.get(provider.slug)
     if client is None:
         log.warning("no OAuth client configured", extra={"provider": provider.slug})
+        # A configuration gap, not an outage: 409, the provider cannot be installed as is.
         return _page(request, f"{provider.name} is not set up",
                      f"The operator has not configured an OAuth app for {provider.name} "
-                     f"(BROKER_{env_slug(provider.slug)}_CLIENT_ID).", 503)
+                     f"(BROKER_{env_slug(provider.slug)}_CLIENT_ID).", 409)
     state, verifier = flow.new_state(), flow.new_verifier() if provider.pkce else None
     # From configuration only, never from request headers: authorize and token requests
     # must carry the same, registered redirect URI.

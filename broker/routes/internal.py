@@ -31,8 +31,9 @@ async def create_connect_session(ctx: ServiceCtx) -> Response:
     unknown = sorted(set(body) - {"provider", "return_url", "params"})
     if unknown:
         raise Unprocessable(f"Unknown field(s): {', '.join(unknown)}.", code="unknown_field")
-    provider = ctx.request.app.state.providers.get(body.get("provider"))
-    if not isinstance(body.get("provider"), str) or provider is None:
+    slug = body.get("provider")
+    provider = ctx.request.app.state.providers.get(slug) if isinstance(slug, str) else None
+    if provider is None:
         raise Unprocessable("provider must name a provider in the catalog.",
                             code="unknown_provider")
     params: Any = body.get("params") or {}
@@ -57,6 +58,7 @@ async def create_connect_session(ctx: ServiceCtx) -> Response:
 
 
 ACTING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also accepts "¹"
 
 
 def _project(ctx: ServiceCtx) -> str:
@@ -125,9 +127,9 @@ async def list_audit(ctx: ServiceCtx) -> Response:
     if set(params) - {"limit", "before"}:
         raise Unprocessable("Query parameters are limit and before.")
     limit, before = params.get("limit", "50"), params.get("before")
-    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+    if not DIGITS.fullmatch(limit) or not 1 <= int(limit) <= 200:
         raise Unprocessable("limit must be 1-200.")
-    if before is not None and not before.isdigit():
+    if before is not None and not DIGITS.fullmatch(before):
         raise Unprocessable("before must be an event id.")
     query = (select(AuditEvent).where(AuditEvent.project_id == project)
              .order_by(AuditEvent.id.desc()).limit(int(limit)))
