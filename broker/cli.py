@@ -373,15 +373,8 @@ def cmd_api_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_service_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
-    public, secret = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
-    token_id = f"{apikeys.SERVICE_TOKEN_ID_PREFIX}{public}"
-
-    async def work(session: AsyncSession) -> None:
-        session.add(ServiceToken(id=token_id, name=args.name, created_at=utcnow(),
-                                 token_hash=apikeys.digest(secret)))
-        await session.commit()
-
-    asyncio.run(_with_session(settings, work))
+    token_id, secret = asyncio.run(_with_session(
+        settings, lambda s: store.create_service_token(s, args.name)))
     if args.json:
         print(json.dumps({"id": token_id, "token": secret, "name": args.name}))
     else:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broker import apikeys
 from broker.crypto import KeyRing, RowContext
 from broker.db import utcnow
-from broker.models import ApiKey, AuditEvent, Credential, Integration, Project
+from broker.models import ApiKey, AuditEvent, Credential, Integration, Project, ServiceToken
 
 PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -70,6 +70,17 @@ async def create_api_key(
                  request_id=None, details={"api_key_id": key_id, "scopes": list(scopes)})
     await session.commit()
     return key_id, secret
+
+
+async def create_service_token(session: AsyncSession, name: str) -> tuple[str, str]:
+    """Create a service token for the internal API; returns (id, secret). Only the hash is
+    kept. Commits."""
+    public, secret = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
+    token_id = f"{apikeys.SERVICE_TOKEN_ID_PREFIX}{public}"
+    session.add(ServiceToken(id=token_id, name=name, created_at=utcnow(),
+                             token_hash=apikeys.digest(secret)))
+    await session.commit()
+    return token_id, secret
 
 
 # -- integrations --------------------------------------------------------------------------

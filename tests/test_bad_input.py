@@ -126,15 +126,10 @@ async def test_logs_carry_no_secrets_or_bodies(harness: Harness,
 
 async def test_schemathesis_findings_stay_fixed(harness: Harness) -> None:
     """Each was a 500 or an accepted non-object before the schemathesis suite found it."""
-    from broker import apikeys
-    from broker.db import utcnow
-    from broker.models import ServiceToken
+    from broker import store
 
-    public, token = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
     async with harness.app.state.sessions() as s:
-        s.add(ServiceToken(id=f"st_{public}", name="t", created_at=utcnow(),
-                           token_hash=apikeys.digest(token)))
-        await s.commit()
+        _, token = await store.create_service_token(s, "t")
     bearer = {"Authorization": f"Bearer {token}"}
     project = new_project()
     for provider in ({}, [], 5, None):

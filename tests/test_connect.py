@@ -429,16 +429,8 @@ async def test_form_from_another_browser_is_refused(f: Flow) -> None:
 # -- connect sessions from the internal API ------------------------------------------------
 
 async def _service_token(f: Flow) -> str:
-    from broker import apikeys
-    from broker.db import utcnow
-    from broker.models import ServiceToken
-
-    public, secret = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
     async with f.app.state.sessions() as s:
-        s.add(ServiceToken(id=f"st_{public}", name="main-api", created_at=utcnow(),
-                           token_hash=apikeys.digest(secret)))
-        await s.commit()
-    return secret
+        return (await store.create_service_token(s, "main-api"))[1]
 
 
 async def test_internal_connect_session_with_prefilled_shop(f: Flow) -> None:

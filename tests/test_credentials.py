@@ -33,12 +33,8 @@ async def f(flow_settings: Settings, ring: KeyRing,  # noqa: F811
 
 
 async def service_token(f: Flow) -> str:
-    public, secret = apikeys.generate(apikeys.SERVICE_TOKEN_PREFIX)
     async with f.app.state.sessions() as s:
-        s.add(ServiceToken(id=f"st_{public}", name="main-api", created_at=utcnow(),
-                           token_hash=apikeys.digest(secret)))
-        await s.commit()
-    return secret
+        return (await store.create_service_token(s, "main-api"))[1]
 
 
 async def installed(f: Flow, *, expires_in: timedelta = timedelta(hours=1),
