@@ -56,12 +56,20 @@ async def authenticate(session: AsyncSession, presented: str | None) -> Caller:
     valid = apikeys.matches(presented or "", row.key_hash if row else b"\0" * 32)
     if row is None or not valid or row.revoked_at is not None:
         raise Unauthorized()
+    caller = Caller(key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))
+    await _note_use(session, ApiKey, row)
+    return caller
+
+
+async def _note_use(session: AsyncSession, model: type[ApiKey] | type[ServiceToken],
+                    row: ApiKey | ServiceToken) -> bool:
+    """Record ``last_used_at`` at most once a minute; True when that wrote (and committed)."""
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        await session.execute(update(ApiKey).where(ApiKey.id == row.id)
-                              .values(last_used_at=now))
-        await session.commit()
-    return Caller(key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))
+    if row.last_used_at is not None and now - row.last_used_at <= LAST_USED_GRANULARITY:
+        return False
+    await session.execute(update(model).where(model.id == row.id).values(last_used_at=now))
+    await session.commit()
+    return True
 
 
 def api_key_route(scope: str, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -132,12 +140,8 @@ async def authenticate_service(session: AsyncSession, header: str | None) -> str
     valid = apikeys.matches(presented, row.token_hash if row else b"\0" * 32)
     if row is None or not valid or row.revoked_at is not None:
         raise ServiceUnauthorized()
-    now, token_id = utcnow(), row.id
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        await session.execute(update(ServiceToken).where(ServiceToken.id == token_id)
-                              .values(last_used_at=now))
-        await session.commit()
-    else:
+    token_id = row.id
+    if not await _note_use(session, ServiceToken, row):
         # End the read transaction: a request that then waits (on a refresh) must not hold
         # a pooled connection while it does.
         await session.rollback()

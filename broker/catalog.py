@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from broker.db import iso
 from broker.errors import Unprocessable
 from broker.models import Integration
 from broker.spec import OAuth2Provider, Provider
@@ -12,9 +13,6 @@ from broker.spec import OAuth2Provider, Provider
 STATUS_FILTERS = ("available", "installed", "active", "paused", "disconnected")
 MAX_QUERY = 100
 
-
-def _iso(value: Any) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
 
 
 def entry(provider: Provider, integration: Integration | None) -> dict[str, Any]:
@@ -31,7 +29,7 @@ def entry(provider: Provider, integration: Integration | None) -> dict[str, Any]
         "display_name": integration.display_name if integration else None,
         "health_status": integration.health_status if integration else None,
         "sidebar_enabled": integration.sidebar_enabled if integration else False,
-        "last_synced_at": _iso(integration.last_synced_at) if integration else None,
+        "last_synced_at": iso(integration.last_synced_at) if integration else None,
         "error_message": integration.error_message if integration else None,
         "scopes": list(provider.scopes) if oauth else [],
         "fields": [

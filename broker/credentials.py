@@ -24,7 +24,7 @@ from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import flow, store
-from broker.db import utcnow
+from broker.db import iso, utcnow
 from broker.errors import ApiError, Conflict, CryptoError, NotFound, Unavailable
 from broker.models import Credential, Integration
 from broker.runtime import Runtime
@@ -50,9 +50,6 @@ Loaded = tuple[Integration, Credential | None]
 class CredentialUnreadable(ApiError):
     status, code = 500, "credential_unreadable"
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def usable_or_raise(integration: Integration, credential: Credential | None) -> Credential:
@@ -198,7 +195,7 @@ class Credentials:
                 credential = usable_or_raise(integration, fresh)
             elif credential.expires_at is not None and credential.expires_at <= now:
                 raise Unavailable("The provider failed to refresh this token; retrying after "
-                                  f"{_iso(credential.retry_at)}.", code="refresh_failed")
+                                  f"{iso(credential.retry_at)}.", code="refresh_failed")
         try:
             secrets = store.open_credential(self.rt.ring, integration, credential)
         except CryptoError as exc:
@@ -216,7 +213,7 @@ class Credentials:
         }
         if isinstance(provider, OAuth2Provider):
             body.update(access_token=secrets.access_token, token_type=credential.token_type
-                        or "bearer", expires_at=_iso(credential.expires_at),
+                        or "bearer", expires_at=iso(credential.expires_at),
                         scopes=credential.scopes)
         else:
             body["fields"] = dict(secrets.fields)
@@ -377,7 +374,7 @@ class Credentials:
                                   .values(refresh_failures=failures, retry_at=retry_at))
             integration.health_status = "degraded"
             integration.error_message = (f"Token refresh failed ({code}); retrying after "
-                                         f"{_iso(retry_at)}.")
+                                         f"{iso(retry_at)}.")
             integration.updated_at = now
             await session.commit()
             log.warning("refresh failed", extra={"integration_id": integration_id,

@@ -95,3 +95,8 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """A timestamp as the API shows it: UTC, seconds, ``Z``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None

@@ -25,7 +25,6 @@ from asgi_lifespan import LifespanManager
 from broker import migrate, store
 from broker.app import create_app
 from broker.crypto import Key, KeyRing
-from broker.db import create_engine, sessionmaker
 from broker.settings import Settings
 
 PG_ADMIN_DSN = os.environ.get("BROKER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -145,9 +144,6 @@ class Harness:
     ring: KeyRing
     database: Database
 
-    async def session(self) -> Any:
-        return self.app.state.sessions()
-
     async def key(self, project: str, *scopes: str) -> str:
         async with self.app.state.sessions() as s:
             _, secret = await store.create_api_key(s, project, scopes or ("read",))
@@ -184,10 +180,3 @@ async def harness(settings: Settings, ring: KeyRing, database: Database
                                       base_url="http://broker.test") as client:
             yield Harness(app, client, ring, database)
 
-
-async def raw_engine(database: Database) -> Any:
-    return create_engine(database.url)
-
-
-def session_factory(database: Database) -> Any:
-    return sessionmaker(create_engine(database.url))

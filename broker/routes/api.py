@@ -10,6 +10,7 @@ from starlette.responses import Response
 from broker import catalog, connect, lifecycle, store
 from broker.auth import Ctx
 from broker.credentials import revoke_at_provider
+from broker.db import iso
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
 from broker.models import Credential, Integration
@@ -23,9 +24,6 @@ INSTALL_MESSAGES = {
 }
 
 
-def _iso(value: Any) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
-
 
 def integration_json(i: Integration) -> dict[str, Any]:
     """The public integration object: facts and settings, never a secret."""
@@ -37,10 +35,10 @@ def integration_json(i: Integration) -> dict[str, Any]:
         "setup_type": i.setup_type,
         "health_status": i.health_status,
         "sidebar_enabled": i.sidebar_enabled,
-        "last_synced_at": _iso(i.last_synced_at),
+        "last_synced_at": iso(i.last_synced_at),
         "error_message": i.error_message,
-        "created_at": _iso(i.created_at),
-        "updated_at": _iso(i.updated_at),
+        "created_at": iso(i.created_at),
+        "updated_at": iso(i.updated_at),
         "settings": i.settings,
         "allowed_actions": i.allowed_actions,
         "metadata": i.provider_metadata,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from starlette.responses import Response
 from broker import connect, lifecycle, store
 from broker.auth import ServiceCtx
 from broker.credentials_form import check_inputs
+from broker.db import iso
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
 from broker.models import AuditEvent, Integration
@@ -53,7 +53,7 @@ async def create_connect_session(ctx: ServiceCtx) -> Response:
         params=values)
     await ctx.session.commit()
     return ok({"connect_url": f"{settings.public_url}/connect/{token}",
-               "expires_at": expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+               "expires_at": iso(expires_at)},
               status=201)
 
 
@@ -139,4 +139,4 @@ async def list_audit(ctx: ServiceCtx) -> Response:
     return ok([{"id": e.id, "type": e.type, "provider": e.provider,
                 "integration_id": e.integration_id, "actor_key_id": e.actor_key_id,
                 "request_id": e.request_id, "details": e.details,
-                "created_at": e.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")} for e in events])
+                "created_at": iso(e.created_at)} for e in events])
