@@ -32,6 +32,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # An old key kept for a rotation overlap stops working at this instant (AK-08).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ServiceToken(Base):
@@ -131,4 +133,16 @@ class AuditEvent(Base):
     actor_key_id: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KeyFingerprint(Base):
+    """HMAC(key, "kid-check") per key id, stored the first time a key is seen, so that a ring
+    whose key material changed under the same id is refused at start instead of reading as
+    "no credentials" (KS-10). The fingerprint reveals nothing about the key."""
+
+    __tablename__ = "key_fingerprints"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
