@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,11 +24,12 @@ from broker.errors import ApiError
 from broker.http import Json, RequestContext, api_error, http_error
 from broker.metrics import serve_metrics
 from broker.migrate import head_revision
+from broker.outage import dependency_down
 from broker.routes import api, connect, health, internal
 from broker.runtime import Runtime, open_runtime
 from broker.settings import ClientCredentials, Settings
 from broker.spec import Provider
-from broker.state import StateStore
+from broker.state import StateStore, StateUnavailable
 
 V1 = "/v1/projects/{projectId}/integrations"
 INTERNAL = "/internal/v1/projects/{projectId}/integrations"
@@ -115,6 +118,9 @@ def create_app(
     return Starlette(
         routes=routes(),
         middleware=[Middleware(RequestContext)],
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers={ApiError: api_error, HTTPException: http_error,
+                            # A dependency down is a 503, not a 500 (broker.outage).
+                            DBAPIError: dependency_down, PoolTimeout: dependency_down,
+                            OSError: dependency_down, StateUnavailable: dependency_down},
         lifespan=lifespan,
     )

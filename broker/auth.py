@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from broker.db import utcnow
 from broker.errors import ApiError, Forbidden, NotFound, Unauthorized
 from broker.logs import request_id_var
 from broker.models import ApiKey, ServiceToken
+
+# Refused requests, one structured line each, for whoever watches for probing and escalation
+# (AU-04): outcome, route template and the public id of the key presented, never its secret.
+security_log = logging.getLogger("broker.security")
 
 # last_used_at is for operators watching a key go quiet; minute precision spares a write per
 # request on the hot path.
@@ -48,13 +53,28 @@ class Ctx:
 Endpoint = Callable[[Ctx], Awaitable[Response]]
 
 
-async def authenticate(session: AsyncSession, presented: str | None) -> Caller:
+def claimed_key_id(presented: str | None) -> str | None:
+    """The row id a well-formed key names (public, unlike the rest of the key)."""
     public_id = apikeys.parse(apikeys.API_KEY_PREFIX, presented or "")
-    row_id = f"{apikeys.API_KEY_ID_PREFIX}{public_id}" if public_id else None
+    return f"{apikeys.API_KEY_ID_PREFIX}{public_id}" if public_id else None
+
+
+def security_event(request: Request, outcome: str, key_id: str | None, **extra: Any) -> None:
+    route = getattr(request.scope.get("route"), "path", None)
+    security_log.warning("request refused", extra={
+        "event": "security", "outcome": outcome, "key_id": key_id, "route": route,
+        "method": request.method, **extra})
+
+
+async def authenticate(session: AsyncSession, presented: str | None) -> Caller:
+    row_id = claimed_key_id(presented)
     row = await session.get(ApiKey, row_id) if row_id else None
     # Hash even when there is nothing to compare against, so that all failures cost alike.
     valid = apikeys.matches(presented or "", row.key_hash if row else b"\0" * 32)
-    if row is None or not valid or row.revoked_at is not None:
+    # Checked on every request, never cached: a revocation or an expiry (to the second)
+    # holds from the next request on, in every process.
+    if row is None or not valid or row.revoked_at is not None or (
+            row.expires_at is not None and row.expires_at <= utcnow()):
         raise Unauthorized()
     caller = Caller(key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))
     await _note_use(session, ApiKey, row)
@@ -80,14 +100,20 @@ def api_key_route(scope: str, endpoint: Endpoint) -> Callable[[Request], Awaitab
     async def handler(request: Request) -> Response:
         await limits.refuse_if_blocked(request)
         async with request.app.state.sessions() as session:
+            presented = request.headers.get("x-api-key")
             try:
-                caller = await authenticate(session, request.headers.get("x-api-key"))
+                caller = await authenticate(session, presented)
             except Unauthorized:
+                security_event(request, "unauthorized", claimed_key_id(presented))
                 await limits.record_failure(request)
                 raise
             if request.path_params.get("projectId") != caller.project_id:
+                security_event(request, "cross_tenant", caller.key_id,
+                               project_id=caller.project_id)
                 raise NotFound("No such project.")
             if scope not in caller.scopes:
+                security_event(request, "forbidden", caller.key_id,
+                               project_id=caller.project_id, scope=scope)
                 raise Forbidden(f"This API key lacks the {scope!r} scope.")
             return await endpoint(Ctx(request, caller, session))
 
@@ -131,12 +157,17 @@ class ServiceCtx:
         return request_id_var.get()
 
 
-async def authenticate_service(session: AsyncSession, header: str | None) -> str:
-    scheme, _, presented = (header or "").partition(" ")
+def _claimed_token_id(header: str) -> str | None:
+    scheme, _, presented = header.partition(" ")
     public_id = (apikeys.parse(apikeys.SERVICE_TOKEN_PREFIX, presented.strip())
                  if scheme.lower() == "bearer" else None)
-    row = (await session.get(ServiceToken, f"{apikeys.SERVICE_TOKEN_ID_PREFIX}{public_id}")
-           if public_id else None)
+    return f"{apikeys.SERVICE_TOKEN_ID_PREFIX}{public_id}" if public_id else None
+
+
+async def authenticate_service(session: AsyncSession, header: str | None) -> str:
+    presented = (header or "").partition(" ")[2]
+    row_id = _claimed_token_id(header or "")
+    row = await session.get(ServiceToken, row_id) if row_id else None
     valid = apikeys.matches(presented, row.token_hash if row else b"\0" * 32)
     if row is None or not valid or row.revoked_at is not None:
         raise ServiceUnauthorized()
@@ -177,6 +208,7 @@ class TokenCache:
                 try:
                     token_id = await authenticate_service(session, header)
                 except ServiceUnauthorized:
+                    security_event(request, "unauthorized", _claimed_token_id(header))
                     await limits.record_failure(request)
                     raise
             self.put(header, token_id)

@@ -6,6 +6,7 @@ declares (``apply`` for keys, ``token_header`` for OAuth access tokens).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,11 +77,15 @@ async def run(http: httpx2.AsyncClient, provider: Provider, request: Request,
     the provider refuses it and :class:`NotVerified` when it cannot tell."""
     headers, auth = presentation(provider, values)
     try:
-        response = await http.request(
-            request.method, fill(request.url, values), json=request.json,
-            headers={"Accept": "application/json", **request.headers, **headers},
-            auth=auth if auth else httpx2.USE_CLIENT_DEFAULT)
-    except httpx2.HTTPError:
+        # The client's timeouts bound the connect and each read, and a read restarts with
+        # every byte: this bounds the call as a whole, so a dripping provider cannot hold a
+        # request or a worker sweep.
+        async with asyncio.timeout(http.timeout.read or 10.0):
+            response = await http.request(
+                request.method, fill(request.url, values), json=request.json,
+                headers={"Accept": "application/json", **request.headers, **headers},
+                auth=auth if auth else httpx2.USE_CLIENT_DEFAULT)
+    except (httpx2.HTTPError, TimeoutError):
         raise NotVerified("The provider could not be reached; try again in a moment.") from None
     if _succeeded(request, response):
         return

@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import apikeys, registry, store
 from broker.cli_client import add_client_commands
-from broker.crypto import KeyRing, add_key, promote_key, remove_key
+from broker.crypto import KeyRing, add_key, promote_key, remove_key, set_disabled
 from broker.db import create_engine, sessionmaker, utcnow
 from broker.errors import ConfigError
 from broker.models import ApiKey, Credential, ServiceToken
@@ -220,7 +222,7 @@ def cmd_keys_promote(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
-    from broker import rotation
+    from broker import keycheck, rotation
 
     ring = settings.ring()
 
@@ -232,6 +234,10 @@ def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> rotation.Progress:
         engine = create_engine(settings.database_url)
         try:
+            # Wrapping data keys under a key the rest of the fleet knows by another
+            # material would make them unreadable there: refuse a ring that does not match.
+            if mismatched := await keycheck.verify(engine, ring):
+                raise ConfigError(keycheck.describe(mismatched))
             return await rotation.rewrap(engine, ring, batch=args.batch,
                                          reencrypt=args.reencrypt,
                                          report=None if args.quiet else report)
@@ -254,19 +260,46 @@ def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if progress.failed else 0
 
 
-def cmd_keys_retire(settings: Settings, args: argparse.Namespace) -> int:
+def _rows_using(settings: Settings, key_id: str) -> int:
     from broker import rotation
-
-    path = _ring_file(settings, args)
 
     async def count() -> int:
         engine = create_engine(settings.database_url)
         try:
-            return (await rotation.rows_per_key(engine)).get(args.id, 0)
+            return (await rotation.rows_per_key(engine)).get(key_id, 0)
         finally:
             await engine.dispose()
 
-    rows = asyncio.run(count())
+    return asyncio.run(count())
+
+
+def cmd_keys_disable(settings: Settings, args: argparse.Namespace) -> int:
+    path = _ring_file(settings, args)
+    ring = KeyRing.load(path, None, settings.key_secrets)
+    if args.id not in ring.ids:
+        return _fail(f"key {args.id} is not in {path}")
+    if args.id == ring.primary_id:
+        return _fail(f"key {args.id} is the primary; promote another key first")
+    if rows := _rows_using(settings, args.id):
+        return _fail(f"key {args.id} still protects {rows} credentials; run "
+                     "`broker keys rewrap` first")
+    set_disabled(path, args.id, True)
+    print(f"disabled {args.id} in {path}: nothing decrypts with it. Roll the ring out; "
+          f"`broker keys enable {args.id}` undoes this, `broker keys retire {args.id}` "
+          "removes the key for good.")
+    return 0
+
+
+def cmd_keys_enable(settings: Settings, args: argparse.Namespace) -> int:
+    path = _ring_file(settings, args)
+    set_disabled(path, args.id, False)
+    print(f"enabled {args.id} in {path}: it decrypts again once the ring is rolled out.")
+    return 0
+
+
+def cmd_keys_retire(settings: Settings, args: argparse.Namespace) -> int:
+    path = _ring_file(settings, args)
+    rows = _rows_using(settings, args.id)
     if rows:
         return _fail(f"key {args.id} still protects {rows} credentials; run "
                      "`broker keys rewrap` first")
@@ -285,12 +318,14 @@ def cmd_keys_status(settings: Settings, args: argparse.Namespace) -> int:
 
     used = asyncio.run(_with_session(settings, counts))
     status = [{"id": kid, "primary": kid == ring.primary_id, "rows": used.get(kid, 0),
-               "in_ring": kid in ring.ids} for kid in sorted(set(ring.ids) | set(used))]
+               "in_ring": kid in ring.ids, "disabled": kid in ring.disabled_ids}
+              for kid in sorted(set(ring.ids) | set(used))]
     if args.json:
         print(json.dumps(status))
     else:
         for s in status:
             flags = " primary" if s["primary"] else ""
+            flags += " disabled" if s["disabled"] else ""
             flags += "" if s["in_ring"] else " MISSING FROM RING"
             print(f"{s['id']}  rows={s['rows']}{flags}")
     return 0
@@ -341,13 +376,17 @@ def cmd_api_keys_list(settings: Settings, args: argparse.Namespace) -> int:
             query = query.where(ApiKey.project_id == args.project)
         return [{"id": k.id, "project": k.project_id, "scopes": k.scopes, "label": k.label,
                  "created_at": _iso(k.created_at), "last_used_at": _iso(k.last_used_at),
-                 "revoked_at": _iso(k.revoked_at)} for k in await session.scalars(query)]
+                 "revoked_at": _iso(k.revoked_at), "expires_at": _iso(k.expires_at)}
+                for k in await session.scalars(query)]
 
     rows = asyncio.run(_with_session(settings, work))
     if args.json:
         print(json.dumps(rows))
     for r in rows if not args.json else []:
-        state = "revoked" if r["revoked_at"] else "active"
+        ends = r["expires_at"]
+        state = ("revoked" if r["revoked_at"] else "active" if not ends else
+                 f"expired {ends}" if datetime.fromisoformat(ends) <= utcnow() else
+                 f"active until {ends}")
         print(f"{r['id']}  {r['project']}  {','.join(r['scopes'])}  {state}  "
               f"last used {r['last_used_at'] or 'never'}")
     return 0
@@ -369,6 +408,41 @@ def cmd_api_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     if asyncio.run(_with_session(settings, work)) is None:
         return _fail(f"no API key {args.id!r}")
     print(f"revoked {args.id}")
+    return 0
+
+
+DURATION = re.compile(r"^([0-9]{1,9})([smhd]?)$")
+SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> timedelta:
+    match = DURATION.match(value)
+    if not match:
+        raise argparse.ArgumentTypeError("a duration is a number with s, m, h or d (90s, 7d)")
+    return timedelta(seconds=int(match.group(1)) * SECONDS[match.group(2)])
+
+
+def cmd_api_keys_expire(settings: Settings, args: argparse.Namespace) -> int:
+    """End a key at a set time: the old key's side of a rotation overlap (AK-08)."""
+    async def work(session: AsyncSession) -> str:
+        key = await session.get(ApiKey, args.id, with_for_update=True)
+        if key is None:
+            return f"no API key {args.id!r}"
+        now = utcnow()
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+            # An end that passed is final: moving it would bring a dead key back.
+            return f"API key {args.id!r} is already revoked or expired"
+        key.expires_at = now + args.in_
+        store.record_event(session, type="api_key.expiry_set", project_id=key.project_id,
+                           actor_key_id=None, request_id=None,
+                           details={"api_key_id": key.id, "expires_at": _iso(key.expires_at)})
+        await session.commit()
+        return ""
+
+    problem = asyncio.run(_with_session(settings, work))
+    if problem:
+        return _fail(problem)
+    print(f"{args.id} stops working in {int(args.in_.total_seconds())} s")
     return 0
 
 
@@ -524,8 +598,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "suspected compromise)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p = cmd("retire", cmd_keys_retire, "remove a key from the ring; refused while any "
-            "credential still uses it", keys)
+    p = cmd("disable", cmd_keys_disable, "stop a key from decrypting, reversibly; refused "
+            "for the primary and while any credential still uses it", keys)
+    p.add_argument("id", help="the key id")
+    p.add_argument("--file", help="key ring file (default: BROKER_KEYS_FILE)")
+    p = cmd("enable", cmd_keys_enable, "let a disabled key decrypt again", keys)
+    p.add_argument("id", help="the key id")
+    p.add_argument("--file", help="key ring file (default: BROKER_KEYS_FILE)")
+    p = cmd("retire", cmd_keys_retire, "remove a key from the ring for good; refused while "
+            "any credential still uses it", keys)
     p.add_argument("id", help="the key id")
     p.add_argument("--file", help="key ring file (default: BROKER_KEYS_FILE)")
     p = cmd("status", cmd_keys_status, "list ring keys and how many credentials use each", keys)
@@ -545,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("revoke", cmd_api_keys_revoke, "revoke an API key; effective on the next request",
             ak)
     p.add_argument("id", help="the key id (ak_...)")
+    p = cmd("expire", cmd_api_keys_expire, "make an API key stop working after a delay, for "
+            "a rotation overlap: create the new key, expire the old one, move clients", ak)
+    p.add_argument("id", help="the key id (ak_...)")
+    p.add_argument("--in", dest="in_", required=True, type=_duration, metavar="DURATION",
+                   help="from now: seconds, or a number with s, m, h or d (e.g. 7d)")
 
     st = cmd("service-tokens", lambda *_: 0, "manage internal-API service tokens"
              ).add_subparsers(dest="st_command", required=True, metavar="ACTION")

@@ -3,9 +3,11 @@ to expire, with one refresh per credential across every broker process.
 
 A refresh runs single-flight in the process (one task per credential, the other readers
 await it) and under a lock in the state store across processes (owned by a random token,
-released by compare-and-delete, outliving the refresh timeout). The new tokens are written
+released by compare-and-delete, outliving the refresh deadline). The new tokens are written
 with a compare-and-swap on the credential's version before anyone gets them, so a late
-writer never overwrites a newer token and a disconnect that lands meanwhile wins.
+writer never overwrites a newer token and a disconnect that lands meanwhile wins. A write
+that fails is retried within the lock's lease; tokens that cannot be stored at all leave the
+integration needing a reconnect rather than spend the old refresh token again.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import flow, store
 from broker.db import iso, utcnow
-from broker.errors import ApiError, Conflict, CryptoError, NotFound, Unavailable
+from broker.errors import ApiError, ConfigError, Conflict, CryptoError, NotFound, Unavailable
 from broker.models import Credential, Integration
 from broker.runtime import Runtime
+from broker.settings import Settings
 from broker.spec import ApiKeyProvider, OAuth2Provider, Provider
 from broker.state import StateUnavailable
 
@@ -44,11 +48,39 @@ PERMANENT = frozenset({"invalid_grant", "invalid_client", "unauthorized_client",
                        "access_denied", "invalid_scope"})
 BACKOFF_BASE, BACKOFF_MAX = 30.0, 3600.0
 READ_FLUSH_SECONDS = 5.0
+# A refresh lock dies this long after its last renewal, even if its holder did; the holder
+# renews it just before calling the provider, so it must outlast refresh_deadline().
+LOCK_TTL = 30.0
+# Once the provider has answered, how long the write of its tokens is retried: a rotating
+# provider has already spent the old refresh token, so giving up early loses the grant.
+PERSIST_SECONDS, PERSIST_BACKOFF = 5.0, 0.1
 Loaded = tuple[Integration, Credential | None]
 
 
 class CredentialUnreadable(ApiError):
     status, code = 500, "credential_unreadable"
+
+
+class ProviderTimeout(ApiError):
+    status, code = 504, "provider_timeout"
+
+
+def refresh_deadline(settings: Settings) -> float:
+    """Seconds a refresh needs once its lease is renewed: the provider call (bounded as a
+    whole by ``provider_timeout``) and the retried write of what the provider returned."""
+    return settings.provider_timeout + PERSIST_SECONDS
+
+
+def check_timeouts(settings: Settings) -> None:
+    """Refuse settings under which a refresh could outlive its lock: another process would
+    then take the lock and spend the same refresh token."""
+    if not 0 < settings.provider_timeout:
+        raise ConfigError("provider_timeout must be positive")
+    if refresh_deadline(settings) >= LOCK_TTL:
+        raise ConfigError(
+            f"provider_timeout ({settings.provider_timeout:g} s) plus {PERSIST_SECONDS:g} s "
+            f"to store the refreshed tokens must stay under the refresh lock's "
+            f"{LOCK_TTL:g} s lifetime")
 
 
 
@@ -98,7 +130,11 @@ async def load(session: AsyncSession, *, project_id: str | None = None,
 
 class Credentials:
     def __init__(self, rt: Runtime):
+        check_timeouts(rt.settings)
         self.rt = rt
+        # Credential versions whose refresh token the provider rotated away while the new one
+        # could not be stored, nor the integration flagged: never presented again from here.
+        self._spent: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Future[Loaded]] = {}
         self._reads: dict[str, tuple[str, datetime]] = {}
         self._cache: dict[tuple[str, str], tuple[float, dict[str, Any], str,
@@ -255,14 +291,14 @@ class Credentials:
 
     async def _refresh_across_processes(self, integration_id: str, margin: timedelta
                                         ) -> Loaded:
-        timeout = self.rt.settings.provider_timeout
-        ttl_ms = int((2 * timeout + 5) * 1000)  # outlives the provider call it guards
-        deadline = time.monotonic() + ttl_ms / 1000
+        ttl_ms = int(LOCK_TTL * 1000)
+        deadline = time.monotonic() + LOCK_TTL
         name = f"refresh:{integration_id}"
         waited_since = time.monotonic()
         try:
             while (owner := await self.rt.state_store.acquire(name, ttl_ms)) is None:
-                # Another process is refreshing: wait for its write, then use it.
+                # Another process is refreshing: wait for its write, then use it. The last
+                # re-read comes before giving up, so a write that just landed is used.
                 await asyncio.sleep(0.05)
                 integration, credential = await self._reload(integration_id)
                 provider = self.rt.providers[integration.provider]
@@ -273,14 +309,34 @@ class Credentials:
                 if time.monotonic() > deadline:
                     raise Unavailable("Another refresh of this credential is taking too "
                                       "long.", code="refresh_busy")
-            try:
-                return await self._refresh_locked(integration_id, margin)
-            finally:
-                await self.rt.state_store.release(name, owner)
-        except StateUnavailable:
-            raise Unavailable("The state store is unreachable.") from None
 
-    async def _refresh_locked(self, integration_id: str, margin: timedelta) -> Loaded:
+            async def renew() -> bool:
+                return await self.rt.state_store.extend(name, owner, ttl_ms)
+
+            try:
+                return await self._refresh_locked(integration_id, margin, renew)
+            finally:
+                # The lock expires on its own if the store is gone; only its owner deletes it.
+                with contextlib.suppress(StateUnavailable):
+                    await self.rt.state_store.release(name, owner)
+        except StateUnavailable:
+            return await self._without_lock(integration_id)
+
+    async def _without_lock(self, integration_id: str) -> Loaded:
+        """The lock backend is down. A refresh without the lock could spend a rotating
+        refresh token twice, from two processes, so there is none: a token that has not
+        expired yet is still handed out, an expired one is a 503."""
+        integration, credential = await self._reload(integration_id)
+        if (credential is not None and credential.expires_at is not None
+                and credential.expires_at > utcnow()):
+            log.warning("state store unreachable: not refreshing, the current token is still "
+                        "valid", extra={"integration_id": integration_id})
+            return integration, credential
+        raise Unavailable("The state store is unreachable, so this token cannot be refreshed "
+                          "safely; try again later.", code="lock_unavailable")
+
+    async def _refresh_locked(self, integration_id: str, margin: timedelta,
+                              renew: Callable[[], Awaitable[bool]]) -> Loaded:
         integration, credential = await self._reload(integration_id)
         provider = self.rt.providers[integration.provider]
         now = utcnow()
@@ -288,6 +344,10 @@ class Credentials:
                 or integration.health_status == "reauth_required"
                 or not needs_refresh(provider, credential, now, margin)):
             return integration, credential  # disconnected, paused, or a sibling refreshed
+        if self._spent.get(integration_id) == credential.version:
+            raise Conflict("The provider rotated this grant's refresh token and the new one "
+                           "could not be stored; reconnect the integration.",
+                           code="reauth_required")
         assert isinstance(provider, OAuth2Provider)
         client = self.rt.clients.get(provider.slug)
         if client is None:
@@ -295,6 +355,16 @@ class Credentials:
                               code="provider_not_configured")
         old = store.open_credential(self.rt.ring, integration, credential)
         assert old.refresh_token is not None
+        # The lease restarts here, so it outlasts the provider call and the write after it
+        # (check_timeouts). A holder whose lease lapsed (a stall) may have been overtaken by
+        # another process and must not spend the refresh token.
+        if not await renew():
+            integration, credential = await self._reload(integration_id)
+            if credential is not None and not needs_refresh(provider, credential, utcnow(),
+                                                            margin):
+                return integration, credential
+            raise Unavailable("This process lost the refresh lock; try again.",
+                              code="refresh_busy")
         started = time.monotonic()
         try:
             token = await flow.refresh(provider, client, refresh_token=old.refresh_token,
@@ -303,7 +373,7 @@ class Credentials:
         except flow.ExchangeError as exc:
             self.rt.metrics.refreshes.labels(provider.slug, "permanent" if exc.code in PERMANENT
                                              else "transient").inc()
-            return await self._failed(integration_id, credential, exc.code)
+            return await self._failed(integration_id, credential, old.refresh_token, exc.code)
         finally:
             self.rt.metrics.provider_calls.labels(provider.slug, "refresh").observe(
                 time.monotonic() - started)
@@ -311,19 +381,64 @@ class Credentials:
         new_secrets = store.Secrets(access_token=token.access_token,
                                     refresh_token=token.refresh_token or old.refresh_token,
                                     fields=old.fields)
+        rotated = token.refresh_token not in (None, old.refresh_token)
+        persist_until = time.monotonic() + PERSIST_SECONDS
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                # Each attempt ends by the deadline too, so the lease covers all of them. An
+                # attempt cut short after its commit landed is recognised by the next one.
+                async with asyncio.timeout(max(0.1, persist_until - time.monotonic())):
+                    stored = await self._store(integration, credential, old, new_secrets,
+                                               token, rotated, now)
+            except (SQLAlchemyError, OSError) as exc:  # TimeoutError is an OSError
+                pause = PERSIST_BACKOFF * 2 ** (attempts - 1)
+                log.warning("could not store refreshed tokens", extra={
+                    "integration_id": integration_id, "attempt": attempts,
+                    "reason": type(exc).__name__})
+                if time.monotonic() + pause >= persist_until:
+                    break
+                await asyncio.sleep(pause)
+                continue
+            if stored is None:
+                # Disconnected meanwhile: the disconnect wins, and what the provider just
+                # minted must not outlive it there.
+                await self._revoke_minted(provider, integration, new_secrets, rotated)
+                return await self._reload(integration_id)
+            return stored
+        await self._unpersisted(integration, credential, rotated, attempts)
+
+    async def _store(self, integration: Integration, credential: Credential,
+                     old: store.Secrets, new_secrets: store.Secrets, token: Any,
+                     rotated: bool, now: datetime) -> Loaded | None:
+        """Write the provider's answer with a compare-and-swap on the version read before the
+        call; None when the integration was disconnected meanwhile. Raises what the database
+        raises, for the caller to retry."""
+        provider = self.rt.providers[integration.provider]
+        assert isinstance(provider, OAuth2Provider)
+        integration_id = integration.id
         expected = credential.version
         for _ in range(3):
             async with self.rt.sessions() as session:
                 current = await load(session, integration_id=integration_id)
                 if current is None or current[1] is None:
-                    return await self._reload(integration_id)  # disconnected meanwhile: wins
+                    return None
                 integration, now_stored = current
                 if now_stored.version != expected:
                     # Rewritten meanwhile. A key rotation only re-wraps the envelope: the
                     # tokens are the ones just spent, so these new ones must still be kept.
                     stored = store.open_credential(self.rt.ring, integration, now_stored)
+                    if rotated and stored.refresh_token == new_secrets.refresh_token:
+                        return integration, now_stored  # ours: only the commit's reply was lost
                     if stored.refresh_token != old.refresh_token:
-                        return integration, now_stored  # a newer grant was written: keep it
+                        # A newer grant was written (a sibling, a reinstall): this answer is
+                        # stale and must not overwrite it.
+                        log.warning("refresh result dropped: a newer credential was stored "
+                                    "meanwhile", extra={"integration_id": integration_id,
+                                                        "read_version": credential.version,
+                                                        "stored_version": now_stored.version})
+                        return integration, now_stored
                     expected = now_stored.version
                 written = await store.swap_credential(
                     session, self.rt.ring, integration, expected_version=expected,
@@ -338,23 +453,75 @@ class Credentials:
                 store.record_event(session, type="credential.refreshed",
                                    project_id=integration.project_id, integration=integration,
                                    actor_key_id=None, request_id=None,
-                                   details={"rotated": token.refresh_token not in
-                                            (None, old.refresh_token)})
+                                   details={"rotated": rotated})
                 await session.commit()
                 return await self._reload(integration_id)
         raise Unavailable("The credential kept changing during the refresh; try again.",
                           code="refresh_busy")
 
-    async def _failed(self, integration_id: str, seen: Credential, code: str) -> Loaded:
+    async def _revoke_minted(self, provider: OAuth2Provider, integration: Integration,
+                             minted: store.Secrets, rotated: bool) -> None:
+        """Best effort: revoke what the provider issued to a refresh that lost to a
+        disconnect (the refresh token when it is new, else the access token)."""
+        client = self.rt.clients.get(provider.slug)
+        if client is None or provider.revoke_url is None:
+            return
+        hint = "refresh_token" if rotated else "access_token"
+        token = minted.refresh_token if rotated else minted.access_token
+        if token is None:
+            return
+        done = await flow.revoke(self.rt.http, provider, client, token=token, hint=hint,
+                                 inputs=inputs_of(provider, integration))
+        log.info("revoked the tokens of a refresh that lost to a disconnect" if done else
+                 "could not revoke the tokens of a refresh that lost to a disconnect",
+                 extra={"integration_id": integration.id, "hint": hint})
+
+    async def _unpersisted(self, integration: Integration, credential: Credential,
+                           rotated: bool, attempts: int) -> NoReturn:
+        if not rotated:
+            # The stored refresh token is still the live one: an ordinary transient failure.
+            raise Unavailable("The refreshed token could not be stored; try again later.",
+                              code="refresh_failed")
+        # The provider rotated the refresh token and the new one is lost. The stored one is
+        # spent, and presenting it again may make the provider revoke the whole grant (RFC
+        # 9700 4.14.2): no more refreshes until a person reconnects. Never a token here.
+        self._spent[integration.id] = credential.version
+        log.error("refreshed tokens could not be stored; the integration needs a reconnect",
+                  extra={"integration_id": integration.id, "attempts": attempts,
+                         "alert": "refresh_unpersisted"})
+        try:
+            async with self.rt.sessions() as session:
+                row = await session.get(Integration, integration.id)
+                if row is not None and row.status != "disconnected":
+                    row.health_status = "reauth_required"
+                    row.error_message = ("New tokens from the provider could not be stored "
+                                         "(refresh_unpersisted); reconnect the integration.")
+                    row.updated_at = utcnow()
+                    store.record_event(session, type="credential.refresh_unpersisted",
+                                       project_id=row.project_id, integration=row,
+                                       actor_key_id=None, request_id=None,
+                                       details={"attempts": attempts})
+                    await session.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            log.critical("could not flag an integration whose refreshed tokens were lost",
+                         extra={"integration_id": integration.id,
+                                "reason": type(exc).__name__, "alert": "refresh_unpersisted"})
+        raise Unavailable("The provider's new tokens could not be stored; reconnect the "
+                          "integration.", code="refresh_unpersisted")
+
+    async def _failed(self, integration_id: str, seen: Credential, spent: str,
+                      code: str) -> Loaded:
         now = utcnow()
         async with self.rt.sessions() as session:
             current = await load(session, integration_id=integration_id)
             if current is None or current[1] is None:
                 return await self._reload(integration_id)
             integration, credential = current
-            if credential.version != seen.version:
+            if credential.version != seen.version and store.open_credential(
+                    self.rt.ring, integration, credential).refresh_token != spent:
                 # The refresh token was spent by a sibling that wrote first: a lost race,
-                # not a revoked grant. Use what it wrote.
+                # not a revoked grant. Use what it wrote. (A key rewrap also changes the
+                # version, but not the token: then the refusal stands.)
                 return integration, credential
             if code in PERMANENT:
                 integration.health_status = "reauth_required"
@@ -382,6 +549,9 @@ class Credentials:
         integration, credential = await self._reload(integration_id)
         if credential is not None and credential.expires_at and credential.expires_at > now:
             return integration, credential  # still valid for a while: hand it out
+        if code == "timeout":
+            raise ProviderTimeout("The provider did not answer the refresh in time; try again "
+                                  "later.")
         raise Unavailable("The provider failed to refresh this token; try again later.",
                           code="refresh_failed")
 

@@ -6,11 +6,18 @@ version and the id of the ring key it depends on, and is authenticated together 
 canonical, length-prefixed encoding of (version, key id, project, provider, integration id,
 field), so a blob copied onto another row or into another field does not decrypt. The key id
 picks the key: there is no trial decryption over the ring.
+
+A ring key may be disabled: it stays in the ring, so enabling it again restores every read,
+but nothing decrypts with it meanwhile (Vault's ``min_decryption_version``, Tink's
+``disable-key``). Each key has a fingerprint, HMAC-SHA256(key, "kid-check"), by which a
+process can tell that the material under a known id has changed without revealing the key.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -35,16 +42,24 @@ DATA_KEY_FIELD = "data_key"
 ROW_KEY_ID = "dk"
 
 
+FINGERPRINT_MESSAGE = b"kid-check"
+
+
 @dataclass(frozen=True)
 class Key:
     id: str
     material: bytes = field(repr=False)
+    disabled: bool = False
 
     def __post_init__(self) -> None:
         if not KEY_ID_PATTERN.match(self.id):
             raise ConfigError(f"key id {self.id!r} must match {KEY_ID_PATTERN.pattern}")
         if len(self.material) != 32:
             raise ConfigError(f"key {self.id} must be 32 bytes (AES-256), not {len(self.material)}")
+
+    @property
+    def fingerprint(self) -> bytes:
+        return hmac.new(self.material, FINGERPRINT_MESSAGE, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)
@@ -102,20 +117,35 @@ class KeyRing:
         self._keys = {k.id: k for k in keys}
         if primary_id not in self._keys:
             raise ConfigError(f"primary key {primary_id!r} is not in the key ring")
+        if self._keys[primary_id].disabled:
+            raise ConfigError(f"primary key {primary_id!r} is disabled; enable it or promote "
+                              "another key")
         self.primary_id = primary_id
-        self._aeads = {k.id: AESGCM(k.material) for k in self._keys.values()}
+        # A disabled key gets no cipher at all: no code path can decrypt with it.
+        self._aeads = {k.id: AESGCM(k.material) for k in self._keys.values() if not k.disabled}
 
     def __repr__(self) -> str:
-        return f"KeyRing(primary={self.primary_id!r}, ids={sorted(self._keys)!r})"
+        return (f"KeyRing(primary={self.primary_id!r}, ids={sorted(self._keys)!r}, "
+                f"disabled={self.disabled_ids!r})")
 
     @property
     def ids(self) -> list[str]:
         return sorted(self._keys)
 
+    @property
+    def disabled_ids(self) -> list[str]:
+        return sorted(k.id for k in self._keys.values() if k.disabled)
+
+    def fingerprints(self) -> dict[str, bytes]:
+        return {k.id: k.fingerprint for k in self._keys.values()}
+
     def _aead(self, key_id: str) -> AESGCM:
         try:
             return self._aeads[key_id]
         except KeyError:
+            if key_id in self._keys:
+                raise CryptoError(f"key id {key_id!r} is disabled in the key ring; "
+                                  f"`broker keys enable {key_id}` restores its reads") from None
             raise CryptoError(f"unknown key id {key_id!r}") from None
 
     # -- envelopes -------------------------------------------------------------------------
@@ -178,7 +208,10 @@ class KeyRing:
                     material = env_secrets[k["secret_env"]]
                 else:
                     material = k["secret"]
-                keys.append(Key(k["id"], base64.b64decode(material, validate=True)))
+                disabled = k.get("disabled", False)
+                if not isinstance(disabled, bool):
+                    raise ConfigError(f"key {k['id']}: disabled must be true or false")
+                keys.append(Key(k["id"], base64.b64decode(material, validate=True), disabled))
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         except (ValueError, KeyError, TypeError) as exc:
@@ -263,12 +296,33 @@ def _read_ring(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _entry(doc: dict[str, Any], path: Path, key_id: str) -> dict[str, Any]:
+    for entry in doc["keys"]:
+        if entry["id"] == key_id:
+            return entry
+    raise ConfigError(f"key {key_id} is not in {path}")
+
+
 def promote_key(path: Path, key_id: str) -> None:
     """Make ``key_id`` the primary: new writes use it; the old primary stays for reads."""
     doc = _read_ring(path)
-    if key_id not in {k["id"] for k in doc["keys"]}:
-        raise ConfigError(f"key {key_id} is not in {path}")
+    if _entry(doc, path, key_id).get("disabled"):
+        raise ConfigError(f"key {key_id} is disabled; `broker keys enable {key_id}` first")
     doc["primary"] = key_id
+    _write_ring(path, doc)
+
+
+def set_disabled(path: Path, key_id: str, disabled: bool) -> None:
+    """Turn decryption with ``key_id`` off or back on. The primary is never disabled: it
+    encrypts every new write. (Whether rows still use the key is the caller's check.)"""
+    doc = _read_ring(path)
+    entry = _entry(doc, path, key_id)
+    if disabled and doc["primary"] == key_id:
+        raise ConfigError(f"key {key_id} is the primary; promote another key first")
+    if disabled:
+        entry["disabled"] = True
+    else:
+        entry.pop("disabled", None)
     _write_ring(path, doc)
 
 

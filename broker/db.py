@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -24,6 +25,18 @@ NAMING_CONVENTION = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+# PostgreSQL: seconds to open a connection, and for one statement. Without them a database
+# that stops answering (a partition, a black-holed address) holds each request, and its
+# pooled connection, until TCP gives up: asyncpg waits 60 s to connect and for ever on a
+# statement. No statement of the broker's comes near these.
+CONNECT_TIMEOUT = 5.0
+STATEMENT_TIMEOUT = 30.0
+# SQLSTATE classes that mean "the database cannot serve now", not "this request is wrong":
+# connection exception, transaction rollback (serialization, deadlock), insufficient
+# resources (disk full), operator intervention (shutdown, recovery), system error.
+UNAVAILABLE_SQLSTATES = ("08", "40", "53", "57", "58")
+READ_ONLY_SQLSTATE = "25006"  # a failover left the pool on a standby
 
 
 class Base(DeclarativeBase):
@@ -64,7 +77,9 @@ def async_url(url: str) -> str:
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, migrating: bool = False) -> AsyncEngine:
+    """The engine for ``url``. Migrations have no statement timeout: a schema change on a
+    large table may rightly take longer than any request should."""
     target = async_url(url)
     if target.startswith("sqlite"):
         database = make_url(target).database
@@ -82,8 +97,27 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
+    # pool_pre_ping: a connection the server dropped (restart, pg_terminate_backend) is
+    # replaced at checkout, so the first request after an outage succeeds.
     return create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True,
-                               hide_parameters=True)
+                               hide_parameters=True,
+                               connect_args={"timeout": CONNECT_TIMEOUT,
+                                             "command_timeout": None if migrating
+                                             else STATEMENT_TIMEOUT})
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be used for now (a 503: retry later) rather
+    than that the code or the request is wrong (a 500)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
+            return True  # SQLite's "database is locked" and "disk I/O error" land here
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if sqlstate[:2] in UNAVAILABLE_SQLSTATES or sqlstate == READ_ONLY_SQLSTATE:
+            return True
+        exc = exc.orig  # type: ignore[assignment]
+    # Refused, reset or timed out; asyncpg raises these unwrapped when it connects.
+    return isinstance(exc, OSError | sa_exc.TimeoutError)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,9 +20,24 @@ from broker.logs import request_id_var
 
 log = logging.getLogger("broker.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Path segments that carry a secret (single-use connect session tokens).
-SECRET_PATH = re.compile(r"^(/connect/)[^/]+")
+# Path segments that carry a secret: single-use connect session tokens, and the ids of the
+# connect forms they lead to.
+SECRET_PATH = re.compile(r"^(/connect/(?:forms/)?)[^/]+")
+# Seconds a client should wait after a 503. Short: outages here are restarts and failovers,
+# and the broker recovers on its own as soon as the dependency is back.
+RETRY_AFTER = b"5"
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+QUERY_NAME = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,32}$")
+
+
+def logged_query(raw: bytes) -> str:
+    """A query string as the access log shows it: the parameter names, every value
+    ``[REDACTED]``. Callbacks carry codes and state there (RFC 9700 4.2), and any value may
+    be a secret some provider chose to put in a URL."""
+    names = [unquote_plus(part.partition("=")[0]) for part in
+             raw.decode("latin-1").split("&") if part][:20]
+    return "&".join(f"{n if QUERY_NAME.match(n) else '[REDACTED]'}=[REDACTED]"
+                    for n in names)
 
 
 def _json_dumps(value: Any) -> bytes:
@@ -61,7 +76,8 @@ async def http_error(_request: Request, exc: Exception) -> Response:
 
 class RequestContext:
     """Outermost middleware: assigns the request id, answers unexpected errors with the
-    error envelope (so even a 500 carries ``X-Request-Id``) and writes one access line."""
+    error envelope (so even a 500 carries ``X-Request-Id``), adds ``Retry-After`` to every
+    503 and writes one access line."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -80,9 +96,13 @@ class RequestContext:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started, status = True, message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"],
-                                      (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                # Every 503 says when to come back, whichever route answered it (an error
+                # page, the API's envelope, the readiness probe): clients and load balancers
+                # back off instead of hammering a broker whose dependency is down.
+                if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
+                    headers.append((b"retry-after", RETRY_AFTER))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -99,12 +119,15 @@ class RequestContext:
             if metrics is not None:
                 metrics.requests.labels(route, scope["method"], str(status)).inc()
                 metrics.latency.labels(route).observe(elapsed)
-            log.info("request", extra={
+            line = {
                 "method": scope["method"],
                 "path": SECRET_PATH.sub(r"\1[REDACTED]", scope["path"])[:200],
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
-            })
+            }
+            if scope.get("query_string"):
+                line["query"] = logged_query(scope["query_string"])
+            log.info("request", extra=line)
             request_id_var.reset(token)
 
 

@@ -27,6 +27,18 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": _data(schema)}}}
 
 
+def _linked(response: dict[str, Any], *targets: str) -> dict[str, Any]:
+    """``response`` with OpenAPI links to ``targets``: operations on the same integration, the
+    project from this request's path and the provider key from this response's body. They
+    chain create -> get -> lifecycle -> disconnect -> get, the stateful phase of IV-01
+    (tests/security/test_input_validation.py)."""
+    return {**response, "links": {target[0].upper() + target[1:]: {
+        "operationId": target,
+        "parameters": {"projectId": "$request.path.projectId",
+                       "provider": "$response.body#/data/provider"},
+    } for target in targets}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or invalid API key",
             403: "The key lacks the scope", 404: "Unknown project, provider or integration",
@@ -217,7 +229,7 @@ def spec(server_url: str) -> dict[str, Any]:
                 "projectId": {"name": "projectId", "in": "path", "required": True,
                               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
                 "provider": {"name": "provider", "in": "path", "required": True,
-                             "schema": {"type": "string",
+                             "schema": {"type": "string", "maxLength": 64,
                                         "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"}},
             },
             "schemas": SCHEMAS,
@@ -244,22 +256,27 @@ def spec(server_url: str) -> dict[str, Any]:
                 ])},
             f"{V1}/catalog/{{provider}}": {"get": _op(
                 "getCatalogEntry", "One catalog entry", read,
-                {"200": _ok("The entry", _ref("CatalogEntry")), **_errors(401, 404, 422)},
+                {"200": _linked(_ok("The entry", _ref("CatalogEntry")),
+                                "updateLifecycle", "disconnectIntegration", "createInstallUrl"),
+                 **_errors(401, 404, 422)},
                 params=("projectId", "provider"))},
             f"{V1}/{{provider}}/install-url": {"post": _op(
                 "createInstallUrl", "Get a URL that installs the provider in a browser", write,
-                {"200": _ok("The install URL", _ref("InstallUrl")),
+                {"200": _linked(_ok("The install URL", _ref("InstallUrl")),
+                                "getCatalogEntry", "getCredentials"),
                  **_errors(400, 401, 403, 404, 422)},
                 params=("projectId", "provider"), body=_ref("InstallUrlRequest"),
                 body_required=False)},
             f"{V1}/{{provider}}/lifecycle": {"patch": _op(
                 "updateLifecycle", "Change status, name, sidebar, settings or actions", write,
-                {"200": _ok("The updated integration", _ref("Integration")),
+                {"200": _linked(_ok("The updated integration", _ref("Integration")),
+                                "getCatalogEntry", "disconnectIntegration"),
                  **_errors(400, 401, 403, 404, 409, 422)},
                 params=("projectId", "provider"), body=_ref("LifecyclePatch"))},
             f"{V1}/{{provider}}": {"delete": _op(
                 "disconnectIntegration", "Disconnect: destroy the stored credential", write,
-                {"200": _ok("The disconnected integration", _ref("Integration")),
+                {"200": _linked(_ok("The disconnected integration", _ref("Integration")),
+                                "getCatalogEntry", "updateLifecycle", "getCredentials"),
                  **_errors(401, 403, 404, 422)},
                 params=("projectId", "provider"),
                 query=[_query("revoke", {"type": "string", "enum": ["true", "false"]},
@@ -278,20 +295,24 @@ def spec(server_url: str) -> dict[str, Any]:
                     **_errors(400, 401, 404, 422)}}},
             f"{INTERNAL}/{{provider}}/credentials": {"get": _internal(
                 "getCredentials", "A usable credential, refreshed first if about to expire",
-                {"200": {"description": "The credential", "content": {"application/json": {
-                    "schema": _data(_ref("Credential"))}}},
+                {"200": _linked({"description": "The credential", "content": {
+                    "application/json": {"schema": _data(_ref("Credential"))}}},
+                    "internalUpdateLifecycle", "internalDisconnect"),
                  "409": {"description": "integration_paused, integration_disconnected or "
                                         "reauth_required", "content": {"application/json": {
                                             "schema": _ref("Error")}}},
                  "503": {"description": "refresh_failed, refresh_busy or a dependency down"},
+                 "504": {"description": "provider_timeout: the refresh got no answer in time"},
                  **_errors(401, 404, 422)})},
             f"{INTERNAL}/{{provider}}/lifecycle": {"patch": _internal(
                 "internalUpdateLifecycle", "As the v1 lifecycle PATCH, for the main API",
-                {"200": _ok("The updated integration", _ref("Integration")),
+                {"200": _linked(_ok("The updated integration", _ref("Integration")),
+                                "getCredentials", "internalDisconnect"),
                  **_errors(400, 401, 404, 409, 422)}, body=_ref("LifecyclePatch"))},
             f"{INTERNAL}/{{provider}}": {"delete": _internal(
                 "internalDisconnect", "As the v1 DELETE, for the main API",
-                {"200": _ok("The disconnected integration", _ref("Integration")),
+                {"200": _linked(_ok("The disconnected integration", _ref("Integration")),
+                                "getCredentials", "getCatalogEntry", "internalUpdateLifecycle"),
                  **_errors(401, 404, 422)},
                 query=[_query("revoke", {"type": "string", "enum": ["true", "false"]},
                               "Also revoke at the provider.")])},

@@ -26,7 +26,8 @@ GENERIC_KEYS = frozenset({
     "name", "setup_type", "category", "description", "docs_url", "authorize_url",
     "token_url", "revoke_url", "scopes", "scope_separator", "pkce", "client_auth_method",
     "token_request_format", "authorize_params", "token_params", "token_metadata",
-    "default_expires_in", *CLIENT_KEYS, PREVIOUS_KEY,
+    "default_expires_in", "issuer", "iss_parameter_supported", "account_id", *CLIENT_KEYS,
+    PREVIOUS_KEY,
 })
 # Overrides may also move the declarative requests of a built-in.
 REQUEST_KEYS = {"verify_url": "verify", "health_check_url": "health_check"}

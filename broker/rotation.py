@@ -64,7 +64,8 @@ async def rewrap(engine: AsyncEngine, ring: KeyRing, *, batch: int = 500,
                                          {"k": ADVISORY_LOCK})
             await lock_conn.commit()
             if not got:
-                raise AlreadyRunning("another `broker keys rewrap` is running")
+                raise AlreadyRunning("already running: another `broker keys rewrap` holds "
+                                     "the lock")
         try:
             return await _run(engine, ring, primary, batch, reencrypt, postgres, report)
         finally:

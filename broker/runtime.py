@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker import registry
+from broker import keycheck, registry
 from broker.crypto import KeyRing
 from broker.db import create_engine, sessionmaker
 from broker.metrics import Metrics
@@ -30,6 +30,9 @@ class Runtime:
     state_store: StateStore
     http: httpx2.AsyncClient
     metrics: Metrics
+    # Ring key ids whose material differs from the fingerprint stored at their first use;
+    # None until the check could reach the database (the readiness probe retries it).
+    key_mismatch: list[str] | None = None
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +60,7 @@ async def open_runtime(
         metrics=Metrics(),
     )
     try:
+        runtime.key_mismatch = await keycheck.check(engine, runtime.ring)
         yield runtime
     finally:
         await runtime.http.aclose()

@@ -6,11 +6,13 @@ calls once and hands to :func:`broker.app.create_app`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from broker.crypto import KeyRing
 from broker.errors import ConfigError
@@ -37,10 +39,31 @@ def env_slug(slug: str) -> str:
     return slug.upper().replace("-", "_")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _public_url(url: str) -> str:
+    # Every redirect URI is built from this URL (OA-05): an http one outside loopback would
+    # send authorization codes across the network in the clear (RFC 9700 2.1).
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("BROKER_PUBLIC_URL must be an http(s) URL")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ConfigError("BROKER_PUBLIC_URL must not carry credentials, a query or a fragment")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ConfigError("BROKER_PUBLIC_URL must be https (plain http only on loopback)")
+    return url
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    database_url: str
-    redis_url: str | None = None
+    # URLs may carry a password: kept out of repr(), which ends up in logs and tracebacks.
+    database_url: str = field(repr=False)
+    redis_url: str | None = field(default=None, repr=False)
     keys_file: Path | None = None
     keys: str | None = field(default=None, repr=False)
     public_url: str = DEFAULT_PUBLIC_URL
@@ -73,9 +96,7 @@ class Settings:
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"BROKER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-        public_url = (get("PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/")
-        if not public_url.startswith(("http://", "https://")):
-            raise ConfigError("BROKER_PUBLIC_URL must be an http(s) URL")
+        public_url = _public_url((get("PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"))
         default_db = f"sqlite:///{(DEFAULT_DATA_DIR / 'broker.db').resolve()}"
         parts: dict[str, dict[str, str]] = {}
         for name, value in env.items():

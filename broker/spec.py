@@ -351,6 +351,16 @@ class OAuth2Provider(Provider):
     ``token_header``
         how API requests (the health check) present the access token; the template sees
         ``{access_token}`` and the fields. Shopify: ``X-Shopify-Access-Token``.
+    ``issuer``, ``iss_parameter_supported``
+        RFC 9207: the provider's issuer identifier, and whether it puts ``iss`` on every
+        authorization response (its metadata's ``authorization_response_iss_parameter_supported``).
+        With an issuer declared, a callback's ``iss`` must equal it exactly; when supported,
+        a callback without ``iss`` is refused too. Both defend against mix-up attacks.
+    ``account_id``
+        the metadata key holding the connected account's immutable id at the provider
+        (Shopify: ``shop``; a ``token_metadata`` path such as ``team.id``; an
+        ``after_connect`` key). Never an email or a display name. A reinstall that connects
+        another account is refused while the integration holds a credential.
     ``hooks``
         quirks as code; see :class:`Hooks`.
     """
@@ -373,6 +383,9 @@ class OAuth2Provider(Provider):
     token_metadata: tuple[str, ...] = ()
     default_expires_in: int | None = None
     token_header: Header = Header(name="Authorization", template="Bearer {access_token}")
+    issuer: str | None = None
+    iss_parameter_supported: bool = False
+    account_id: str | None = None
     hooks: Hooks = Hooks()
 
     def validate(self) -> None:
@@ -385,6 +398,10 @@ class OAuth2Provider(Provider):
             raise ProviderError(f"{where}: token_request_format must be form or json")
         if self.scope_separator not in (" ", ","):
             raise ProviderError(f"{where}: scope_separator must be a space or a comma")
+        if not isinstance(self.iss_parameter_supported, bool):
+            raise ProviderError(f"{where}: iss_parameter_supported must be true or false")
+        if self.iss_parameter_supported and self.issuer is None:
+            raise ProviderError(f"{where}: iss_parameter_supported needs an issuer")
 
     def urls(self) -> dict[str, str]:
         found = super().urls()
@@ -392,6 +409,8 @@ class OAuth2Provider(Provider):
         found["token_url"] = self.token_url
         if self.revoke_url:
             found["revoke_url"] = self.revoke_url
+        if self.issuer is not None:
+            found["issuer"] = self.issuer
         return found
 
 

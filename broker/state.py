@@ -4,7 +4,8 @@ forms. Redis when ``BROKER_REDIS_URL`` is set, process memory otherwise; one int
 Records are stored under the SHA-256 of their key, with a TTL, and taken atomically
 (``GETDEL``): a record is handed out once, however many requests race for it. With Redis
 configured but unreachable every call raises :class:`StateUnavailable` (a 503); there is no
-fallback to memory, which would split the state between processes.
+fallback to memory, which would split the state between processes. Every call is bounded as
+a whole, so a paused or black-holed Redis costs a request at most ``CALL_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+# Seconds one state-store call may take, reconnecting included.
+CALL_TIMEOUT = 2.0
 
 
 class StateUnavailable(Exception):
@@ -133,14 +139,22 @@ class MemoryState:
 
 
 class RedisState:
-    def __init__(self, url: str):
-        self._redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
-                                        health_check_interval=10)
+    def __init__(self, url: str, timeout: float = CALL_TIMEOUT):
+        self._timeout = timeout
+        # One immediate reconnect: a pooled connection the server closed (CLIENT KILL, a
+        # restart) is replaced without failing the request. More (redis-py defaults to
+        # ten) only hammer a Redis that is down, within the same budget.
+        self._redis = aioredis.from_url(url, socket_timeout=timeout,
+                                        socket_connect_timeout=timeout,
+                                        health_check_interval=10, retry=Retry(NoBackoff(), 1))
 
     async def _call(self, command: str, *args: Any) -> Any:
         try:
-            return await self._redis.execute_command(command, *args)
-        except (RedisError, OSError) as exc:
+            # The socket timeouts bound each connect and read, not their sum over a
+            # reconnect; the request's budget is for the call as a whole.
+            async with asyncio.timeout(self._timeout):
+                return await self._redis.execute_command(command, *args)
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise StateUnavailable(type(exc).__name__) from None
 
     async def put(self, kind: str, token: str, record: dict[str, Any], ttl: int) -> None:

@@ -59,6 +59,8 @@ provider = OAuth2Provider(
     pkce=True,
     client_auth_method="client_secret_post",
     hooks=Hooks(after_connect=confirm_installation),
+    # The confirmed installation is the account; another one is a new connection, not a swap.
+    account_id="installation_id",
     health_check=Request(url="https://api.github.com/user",
                          headers={"Accept": "application/vnd.github+json",
                                   "X-GitHub-Api-Version": API_VERSION}),

@@ -71,6 +71,8 @@ provider = OAuth2Provider(
     # The Admin API takes the token in its own header, not Authorization: Bearer.
     token_header=Header(name="X-Shopify-Access-Token", template="{access_token}"),
     hooks=Hooks(validate_callback=validate_callback),
+    # The shop is the account: a reinstall for another shop must not replace this one's token.
+    account_id="shop",
     health_check=Request(method="POST", url="https://{shop}/admin/api/2025-10/graphql.json",
                          json={"query": "{ shop { name myshopifyDomain } }"}),
     actions=(

@@ -49,3 +49,18 @@ async def test_documented_error_statuses_cover_what_the_routes_return(
             if op["security"]:
                 assert {"401", "404"} <= set(op["responses"]), path
                 assert any(code.startswith("2") for code in op["responses"]), path
+
+
+async def test_links_name_operations_and_parameters_that_exist(harness: Harness) -> None:
+    """The OpenAPI links (IV-01's stateful phase walks them): each names an operation of this
+    document and only path parameters that operation takes."""
+    spec = (await harness.client.get("/openapi.json")).json()
+    operations = {op["operationId"]: (path, op) for path, ops in spec["paths"].items()
+                  for op in ops.values()}
+    links = [link for _, op in operations.values() for response in op["responses"].values()
+             for link in response.get("links", {}).values()]
+    assert links
+    for link in links:
+        assert link["operationId"] in operations, link
+        path, _ = operations[link["operationId"]]
+        assert set(link["parameters"]) == set(re.findall(r"\{(\w+)\}", path)), link

@@ -100,10 +100,21 @@ def test_bad_log_level_is_a_config_error(level: str) -> None:
 
 
 @pytest.mark.parametrize("url", ["ftp://broker.example.com", "broker.example.com",
-                                 "//broker.example.com", "javascript:alert(1)"])
+                                 "//broker.example.com", "javascript:alert(1)",
+                                 "http://broker.example.com", "http://10.0.0.5:8000",
+                                 "http://127.0.0.1.evil.example", "https://u:p@broker.example.com",
+                                 "https://broker.example.com/?next=x"])
 def test_non_http_public_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="BROKER_PUBLIC_URL"):
         Settings.from_env({"BROKER_PUBLIC_URL": url})
+
+
+@pytest.mark.parametrize("url", ["https://broker.example.com", "https://broker.example.com/b",
+                                 "http://127.0.0.1:8000", "http://localhost:8000",
+                                 "http://[::1]:8000"])
+def test_public_url_is_https_or_loopback_http(url: str) -> None:
+    # OA-05: the redirect URI is built from it and never from request headers.
+    assert Settings.from_env({"BROKER_PUBLIC_URL": url}).public_url == url
 
 
 def test_settings_are_frozen() -> None:

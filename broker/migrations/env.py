@@ -25,7 +25,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_engine(context.config.attributes["database_url"])
+    engine = create_engine(context.config.attributes["database_url"], migrating=True)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)

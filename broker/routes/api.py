@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -14,7 +15,7 @@ from broker.db import iso
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
 from broker.models import Credential, Integration
-from broker.spec import Provider
+from broker.spec import SLUG, Provider
 
 INSTALL_MESSAGES = {
     "oauth": "Open the URL above in a browser to complete installation.",
@@ -22,7 +23,7 @@ INSTALL_MESSAGES = {
     "basic": "Open the URL above in a browser to enter the credentials.",
     "webhook": "Open the URL above in a browser to enter the webhook URL.",
 }
-
+MAX_SLUG = 64  # the width of the provider columns
 
 
 def integration_json(i: Integration) -> dict[str, Any]:
@@ -51,11 +52,21 @@ def _no_query(ctx: Ctx, allowed: tuple[str, ...] = ()) -> None:
         raise Unprocessable(f"Unknown query parameter(s): {', '.join(unknown)}.")
 
 
-def _provider(ctx: Ctx) -> Provider:
-    provider = ctx.request.app.state.providers.get(ctx.request.path_params["provider"])
+def catalog_provider(providers: Mapping[str, Provider], slug: str) -> Provider:
+    """The provider a path segment names. A segment that cannot be a provider key (control
+    characters, ``/``, ``..``, ``*``, upper case) is refused as invalid (422) before any
+    lookup; a well-formed key the catalog lacks is a provider that does not exist (404)."""
+    if len(slug) > MAX_SLUG or not SLUG.fullmatch(slug):
+        raise Unprocessable("provider must be a provider key: lowercase letters, digits and "
+                            f"single hyphens, at most {MAX_SLUG} characters.")
+    provider = providers.get(slug)
     if provider is None:
         raise NotFound("No provider with that name in the catalog.")
     return provider
+
+
+def _provider(ctx: Ctx) -> Provider:
+    return catalog_provider(ctx.request.app.state.providers, ctx.request.path_params["provider"])
 
 
 async def _integration(ctx: Ctx, provider: Provider) -> Integration:

@@ -94,7 +94,10 @@ def _finish(request: Request, record: dict[str, Any], provider: Provider, *, ok:
     if ok:
         return _page(request, f"{provider.name} is connected",
                      "You can close this window and return to the app.", 200)
-    return _page(request, f"{provider.name} was not connected", reason, status)
+    # The code (if any) is spent and never retried: the only way on is a new install.
+    return _page(request, f"{provider.name} was not connected",
+                 f"The install did not complete ({reason}). Restart the install from the "
+                 "app.", status)
 
 
 async def _start_oauth(request: Request, provider: OAuth2Provider, record: dict[str, Any],
@@ -142,6 +145,10 @@ async def open_connect(request: Request) -> Response:
     app = request.app.state
     if not TOKEN.match(token):
         return _page(request, "Link not valid", "This connect link is not valid.", 404)
+    # The link is single-use: spend it only once the state store answers, so that the retry
+    # a 503 invites (Retry-After) still finds it.
+    if not await app.state_store.ping():
+        return _unavailable(request)
     async with app.sessions() as session:
         found = await connect.consume_session(session, token)
     provider = app.providers.get(found.provider) if found else None
@@ -268,6 +275,10 @@ async def oauth_callback(request: Request) -> Response:
                                           request_id=request_id_var.get())
         return _finish(request, record, provider, ok=False, reason=reason, status=status)
 
+    # Before anything else, error answers included (RFC 9207 2.4): an answer from another
+    # authorization server must not even be shown as that provider's refusal.
+    if flow.wrong_issuer(provider, query, record["inputs"]):
+        return await fail("invalid_issuer", 400)
     errors = [v for k, v in query if k == "error"]
     if errors:
         code = errors[0] if re.fullmatch(r"[a-z_]{1,64}", errors[0]) else "provider_error"
@@ -304,13 +315,17 @@ async def oauth_callback(request: Request) -> Response:
             return await fail("install_not_confirmed", 400)
         except httpx2.HTTPError:
             return await fail("unreachable", 502)
-    async with app.sessions() as session:
-        await installs.complete(
-            session, app.ring, project_id=record["project_id"], provider=provider,
-            secrets=Secrets(access_token=token.access_token, refresh_token=token.refresh_token),
-            metadata={**plain_inputs, **flow.metadata(provider, token), **extra},
-            token_type=token.token_type, scopes=token.scopes,
-            expires_at=flow.expires_at(provider, token, utcnow()),
-            request_id=request_id_var.get())
+    try:
+        async with app.sessions() as session:
+            await installs.complete(
+                session, app.ring, project_id=record["project_id"], provider=provider,
+                secrets=Secrets(access_token=token.access_token,
+                                refresh_token=token.refresh_token),
+                metadata={**plain_inputs, **flow.metadata(provider, token), **extra},
+                token_type=token.token_type, scopes=token.scopes,
+                expires_at=flow.expires_at(provider, token, utcnow()),
+                request_id=request_id_var.get())
+    except installs.AccountChanged:
+        return await fail("account_mismatch", 409)
     app.metrics.installs.labels(provider.slug, "installed").inc()
     return _finish(request, record, provider, ok=True)

@@ -15,7 +15,7 @@ from broker.db import iso
 from broker.errors import NotFound, Unprocessable
 from broker.http import ok, read_json
 from broker.models import AuditEvent, Integration
-from broker.routes.api import check_return_url, disconnect, integration_json
+from broker.routes.api import catalog_provider, check_return_url, disconnect, integration_json
 from broker.spec import Provider
 
 
@@ -80,15 +80,19 @@ async def get_credentials(ctx: ServiceCtx) -> Response:
     """A usable credential for the main API to call the provider with."""
     if ctx.request.query_params:
         raise Unprocessable("This endpoint takes no query parameters.")
-    body = await ctx.request.app.state.credentials.handout(
-        _project(ctx), ctx.request.path_params["provider"], ctx.token_id)
+    project = _project(ctx)
+    provider = catalog_provider(ctx.request.app.state.providers,
+                                ctx.request.path_params["provider"])
+    body = await ctx.request.app.state.credentials.handout(project, provider.slug, ctx.token_id)
     return ok(body)
 
 
+def _provider(ctx: ServiceCtx) -> Provider:
+    return catalog_provider(ctx.request.app.state.providers, ctx.request.path_params["provider"])
+
+
 async def _integration(ctx: ServiceCtx) -> tuple[Provider, Integration]:
-    provider = ctx.request.app.state.providers.get(ctx.request.path_params["provider"])
-    if provider is None:
-        raise NotFound("No provider with that name in the catalog.")
+    provider = _provider(ctx)
     found = await store.get_integration(ctx.session, _project(ctx), provider.slug,
                                         for_update=True)
     if found is None:
@@ -98,9 +102,7 @@ async def _integration(ctx: ServiceCtx) -> tuple[Provider, Integration]:
 
 async def update_lifecycle(ctx: ServiceCtx) -> Response:
     actor = _actor(ctx)
-    provider = ctx.request.app.state.providers.get(ctx.request.path_params["provider"])
-    if provider is None:
-        raise NotFound("No provider with that name in the catalog.")
+    provider = _provider(ctx)
     body = await read_json(ctx.request, ctx.request.app.state.settings.max_body_bytes)
     changes = lifecycle.validate_patch(body, provider)
     _, integration = await _integration(ctx)

@@ -106,6 +106,9 @@ class FakeState:
     shopify_tamper_hmac: bool = False  # callback carries an hmac that does not verify
     shopify_timestamp_offset: int = 0  # seconds added to the callback timestamp
     postmark_tokens: set[str] = field(default_factory=lambda: {POSTMARK_TOKEN})
+    # Put into every code and token the generic server mints, after its "code-"/"at-"/"rt-"
+    # prefix: a log sweep then catches a fragment of one, not only the whole value.
+    mint_marker: str = ""
     mailgun_keys: set[str] = field(default_factory=lambda: {MAILGUN_KEY})
 
     # Records, oldest first.
@@ -163,8 +166,8 @@ def _state(request: Request) -> FakeState:
     return request.app.state.fake
 
 
-def _new_token(prefix: str) -> str:
-    return prefix + secrets.token_urlsafe(24)
+def _new_token(prefix: str, state: FakeState) -> str:
+    return prefix + state.mint_marker + secrets.token_urlsafe(24)
 
 
 def _with_query(url: str, params: dict[str, str]) -> str:
@@ -306,7 +309,7 @@ def _authorize_problem(query: dict[str, str], state: FakeState) -> str | None:
 
 
 def _approve(query: dict[str, str], state: FakeState) -> RedirectResponse:
-    code = _new_token("code-")
+    code = _new_token("code-", state)
     state.codes[code] = Grant(
         client_id=query["client_id"], redirect_uri=query["redirect_uri"],
         scope=query.get("scope", ""), code_challenge=query.get("code_challenge"),
@@ -369,7 +372,7 @@ def _pkce_ok(grant: Grant, verifier: str | None) -> bool:
 
 
 def _issue(state: FakeState, scope: str) -> JSONResponse:
-    access, refresh = _new_token("at-"), _new_token("rt-")
+    access, refresh = _new_token("at-", state), _new_token("rt-", state)
     state.access_tokens[access] = scope
     state.refresh_tokens[refresh] = scope
     body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": 3600,
