@@ -201,9 +201,13 @@ class TokenCache:
             await asyncio.wait({pending})
             if (token_id := self.get(header)) is not None:
                 return token_id
-        await limits.refuse_if_blocked(request)
-        pending = self._checking.setdefault(header, asyncio.get_running_loop().create_future())
+        # Claimed before the first await: readers that arrive while this lookup runs must
+        # wait for it, not start their own (a burst of lookups, every TTL, would each take a
+        # pooled connection).
+        pending = asyncio.get_running_loop().create_future()
+        self._checking[header] = pending
         try:
+            await limits.refuse_if_blocked(request)
             async with request.app.state.sessions() as session:
                 try:
                     token_id = await authenticate_service(session, header)
@@ -216,7 +220,7 @@ class TokenCache:
         finally:
             if self._checking.get(header) is pending:
                 del self._checking[header]
-                pending.set_result(None)
+            pending.set_result(None)
 
     def get(self, header: str) -> str | None:
         hit = self._valid.get(apikeys.digest(header))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from broker import apikeys, store
+from broker import apikeys, auth, store
 from broker.crypto import KeyRing
 from broker.db import utcnow
 from broker.models import AuditEvent, Credential, Integration, ServiceToken
@@ -118,6 +118,31 @@ async def test_service_token_required(f: Flow) -> None:
     # A revocation announced on the channel takes effect at once ...
     f.app.state.credentials.receive('{"service_tokens": "revoked"}')
     assert (await api.read()).status_code == 401
+
+
+async def test_a_burst_of_cold_reads_looks_the_service_token_up_once(
+        f: Flow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent first requests with one service token share one database lookup, even
+    when the lookup's first step yields (the rate-limit check asks Redis): a burst of
+    lookups every TTL took a pooled connection each and made the pool churn."""
+    api = await api_for(f)
+    lookups = 0
+    real_lookup, real_refuse = auth.authenticate_service, auth.limits.refuse_if_blocked
+
+    async def counted(*args: Any) -> str:
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(*args)
+
+    async def yielding(request: Any) -> None:
+        await asyncio.sleep(0.01)  # what a Redis round trip does to the event loop
+        await real_refuse(request)
+
+    monkeypatch.setattr(auth, "authenticate_service", counted)
+    monkeypatch.setattr(auth.limits, "refuse_if_blocked", yielding)
+    results = await asyncio.gather(*(api.read() for _ in range(20)))
+    assert [r.status_code for r in results] == [200] * 20
+    assert lookups == 1
 
 
 async def test_unannounced_service_token_revocation_holds_within_a_second(f: Flow) -> None:
