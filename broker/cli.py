@@ -109,8 +109,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int,
     except ConfigError as exc:
         return _fail(str(exc))
     logs.configure(settings.log_level)
+    # The client address (rate limits, logs) comes from X-Forwarded-For only when the peer is
+    # a proxy listed in BROKER_FORWARDED_ALLOW_IPS.
     common: dict[str, Any] = {"host": host, "port": port, "log_config": None,
-                              "access_log": False, "server_header": False}
+                              "access_log": False, "server_header": False,
+                              "proxy_headers": True,
+                              "forwarded_allow_ips": list(settings.forwarded_allow_ips)}
     if workers > 1:
         if worker:
             return _fail("--worker runs with one process; run `broker worker` beside "

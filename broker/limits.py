@@ -3,8 +3,8 @@
 Counters live in the state store (Redis when configured, so every instance counts
 together), in fixed one-minute windows. When the store is unreachable the limits are not
 enforced: they guard against guessing and floods, and must not take the service down with
-them. Behind a proxy every client shares the proxy's address; the thresholds are set high
-for that reason.
+them. Behind a proxy, list it in ``BROKER_FORWARDED_ALLOW_IPS`` so that each client is
+counted under the address X-Forwarded-For gives; otherwise every client shares the proxy's.
 """
 
 from __future__ import annotations

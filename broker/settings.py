@@ -46,6 +46,19 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _proxies(value: str) -> tuple[str, ...]:
+    found = tuple(p.strip() for p in value.split(",") if p.strip())
+    for proxy in found:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            # Not "*": trusting every peer would let any client pick the address it is
+            # rate-limited under.
+            raise ConfigError("BROKER_FORWARDED_ALLOW_IPS must be comma-separated addresses "
+                              f"or networks (CIDR), not {proxy!r}") from None
+    return found
+
+
 def _public_url(url: str) -> str:
     # Every redirect URI is built from this URL (OA-05): an http one outside loopback would
     # send authorization codes across the network in the clear (RFC 9700 2.1).
@@ -80,6 +93,9 @@ class Settings:
     key_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Tests only: accept webhook URLs on loopback and private networks.
     allow_private_webhooks: bool = False
+    # Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips): rate
+    # limits count per client, not per proxy, only when the proxy in front is listed here.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
 
     def ring(self) -> KeyRing:
         """The key ring these settings name (``BROKER_KEYS`` or ``BROKER_KEYS_FILE``)."""
@@ -110,6 +126,7 @@ class Settings:
         if allow_private not in ("true", "false"):
             raise ConfigError("BROKER_ALLOW_PRIVATE_WEBHOOKS must be true or false")
         return cls(
+            forwarded_allow_ips=_proxies(get("FORWARDED_ALLOW_IPS") or "127.0.0.1"),
             database_url=get("DATABASE_URL") or default_db,
             redis_url=get("REDIS_URL"),
             keys_file=Path(p) if (p := get("KEYS_FILE")) else None,

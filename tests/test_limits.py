@@ -3,11 +3,15 @@ browser routes per address; other addresses are unaffected."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 import pytest
 
 from broker import limits
-from tests.conftest import Harness, new_project
+from broker.errors import ConfigError
+from broker.settings import Settings
+from tests.conftest import Database, Harness, new_project
 
 pytestmark = pytest.mark.anyio
 
@@ -75,3 +79,42 @@ async def test_redis_counters_expire_with_their_window() -> None:
         assert await state.count("test:never-hit") == 0
     finally:
         await state.close()
+
+
+@pytest.mark.parametrize("proxy_trusted", [True, False])
+def test_behind_a_listed_proxy_each_client_has_its_own_budget(
+        own_database: Database, monkeypatch: pytest.MonkeyPatch, proxy_trusted: bool) -> None:
+    """`broker serve` as it runs uvicorn, behind a proxy on 127.0.0.1: with the proxy in
+    BROKER_FORWARDED_ALLOW_IPS each client named by X-Forwarded-For has its own failure
+    budget; with it absent, the header is ignored and every client shares the proxy's."""
+    import os
+
+    import uvicorn
+
+    from broker import cli
+    from tests.conftest import ring_json
+    from tests.fakes.server import running
+
+    monkeypatch.setattr(limits, "AUTH_FAILURES", 3)
+    allowed = "127.0.0.0/8" if proxy_trusted else "192.0.2.10"
+    settings = Settings.from_env({
+        "BROKER_DATABASE_URL": own_database.url, "BROKER_FORWARDED_ALLOW_IPS": allowed,
+        "BROKER_KEYS": ring_json({"kproxy": os.urandom(32)}, "kproxy")})
+    started: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    assert cli._serve(settings, "127.0.0.1", 8000, 1) == 0
+    [(app, options)] = started
+    url = f"/v1/projects/{new_project()}/integrations"
+    wrong = {"X-API-Key": "riq_" + "A" * 50}
+    with running(app, options) as base, httpx2.Client(base_url=base, trust_env=False) as http:
+        guesser = [http.get(url, headers={**wrong, "X-Forwarded-For": "203.0.113.1"})
+                   .status_code for _ in range(4)]
+        other = http.get(url, headers={**wrong, "X-Forwarded-For": "198.51.100.2"}).status_code
+    assert guesser == [401, 401, 401, 429]
+    assert other == (401 if proxy_trusted else 429)
+
+
+@pytest.mark.parametrize("value", ["*", "proxy.internal", "10.0.0.0/33"])
+def test_forwarded_allow_ips_must_be_addresses(value: str) -> None:
+    with pytest.raises(ConfigError, match="BROKER_FORWARDED_ALLOW_IPS"):
+        Settings.from_env({"BROKER_FORWARDED_ALLOW_IPS": value})

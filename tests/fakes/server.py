@@ -69,3 +69,21 @@ def serve(app: Any) -> Iterator[str]:
     """Serve ``app`` for the duration of the block; yields ``"http://127.0.0.1:PORT"``."""
     with RunningServer(app) as url:
         yield url
+
+
+@contextlib.contextmanager
+def running(app: Any, options: dict[str, Any]) -> Iterator[str]:
+    """``app`` under a real uvicorn in a thread, with ``options`` as ``broker serve`` passes
+    them to ``uvicorn.run`` (on a free port); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, **{**options, "port": 0}))
+    thread = threading.Thread(target=server.run, name="broker-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

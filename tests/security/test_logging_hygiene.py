@@ -10,8 +10,6 @@ import io
 import json
 import logging
 import secrets
-import threading
-import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -32,6 +30,7 @@ from broker.settings import Settings
 from tests.conftest import Database, new_project
 from tests.fakes.fixtures import fake_providers, fresh_fakes  # noqa: F401
 from tests.fakes.providers import CLIENT_ID, CLIENT_SECRET, FakeState
+from tests.fakes.server import running
 from tests.security.sentinels import (
     LOUD_LOGGERS,
     MARKER,
@@ -313,23 +312,6 @@ def test_lg_01_outbound_http_log_filter_masks_headers_and_form_fields() -> None:
 
 
 # -- LG-02: access logs ------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def running(app: Any, options: dict[str, Any]) -> Iterator[str]:
-    """``app`` under a real uvicorn in a thread, with the options ``broker serve`` passes."""
-    server = uvicorn.Server(uvicorn.Config(app, **{**options, "port": 0}))
-    thread = threading.Thread(target=server.run, name="broker-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
 
 def _the_test_client(c: Captured) -> bool:
     return c.record.threadName == "MainThread" and c.record.name.startswith(
