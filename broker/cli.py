@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker import apikeys, registry, store
+from broker import apikeys, keycheck, registry, store
 from broker.cli_client import add_client_commands
 from broker.crypto import KeyRing, add_key, promote_key, remove_key, set_disabled
 from broker.db import create_engine, sessionmaker, utcnow
@@ -75,10 +75,17 @@ async def preflight(settings: Settings) -> KeyRing:
             raise ConfigError(f"the database schema is at {current or 'nothing'}, not {head}; "
                               "run `broker migrate` first")
         async with sessionmaker(engine)() as session:
-            missing = sorted(await store.key_ids_in_use(session) - set(ring.ids))
-        if missing:
+            in_use = await store.key_ids_in_use(session)
+        if missing := sorted(in_use - set(ring.ids)):
             raise ConfigError(f"the key ring lacks key {', '.join(missing)}, still used by "
                               "stored credentials; add it back to the ring")
+        if disabled := sorted(in_use & set(ring.disabled_ids)):
+            raise ConfigError(f"key {', '.join(disabled)} is disabled but stored credentials "
+                              f"still use it; `broker keys enable {disabled[0]}`")
+        # Same id, other material: every read would fail (KS-10). Records the fingerprints
+        # of keys seen for the first time.
+        if mismatched := await keycheck.verify(engine, ring):
+            raise ConfigError(keycheck.describe(mismatched))
     finally:
         await engine.dispose()
     return ring

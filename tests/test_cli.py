@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -27,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from broker import migrate, store
+from broker import keycheck, migrate, store
 from broker.cli import build_parser
-from broker.crypto import KeyRing, add_key
+from broker.crypto import Key, KeyRing, add_key
 from broker.db import create_engine, sessionmaker
 from broker.models import Project
 from tests.conftest import Database, make_ring, new_project
@@ -471,6 +472,41 @@ def test_serve_refuses_a_ring_lacking_a_key_in_use(tmp_path: Path) -> None:
     assert other != "kmissing7"
     r = serve(tmp_path, BROKER_DATABASE_URL=url, BROKER_KEYS_FILE=str(keys))
     refused(r, "kmissing7")
+
+
+def _ring_json_file(tmp_path: Path, keys: dict[str, tuple[bytes, bool]], primary: str) -> Path:
+    path = tmp_path / "ring.json"
+    path.write_text(json.dumps({"primary": primary, "keys": [
+        {"id": kid, "secret": base64.b64encode(material).decode(), "disabled": disabled}
+        for kid, (material, disabled) in keys.items()]}))
+    return path
+
+
+async def _record_fingerprints(url: str, ring: KeyRing) -> list[str]:
+    engine = create_engine(url)
+    try:
+        return await keycheck.verify(engine, ring)
+    finally:
+        await engine.dispose()
+
+
+def test_serve_refuses_a_ring_whose_key_changed_under_its_id(tmp_path: Path) -> None:
+    url, good = migrated_sqlite(tmp_path), os.urandom(32)
+    ring = KeyRing([Key("kchanged1", good)], "kchanged1")
+    write_credential(url, ring)
+    assert asyncio.run(_record_fingerprints(url, ring)) == []
+    keys = _ring_json_file(tmp_path, {"kchanged1": (os.urandom(32), False)}, "kchanged1")
+    refused(serve(tmp_path, BROKER_DATABASE_URL=url, BROKER_KEYS_FILE=str(keys)),
+            "kchanged1", "fingerprint")
+
+
+def test_serve_refuses_a_disabled_key_in_use(tmp_path: Path) -> None:
+    url, old = migrated_sqlite(tmp_path), os.urandom(32)
+    write_credential(url, KeyRing([Key("kold1", old)], "kold1"))
+    keys = _ring_json_file(tmp_path, {"kold1": (old, True), "knew1": (os.urandom(32), False)},
+                           "knew1")
+    refused(serve(tmp_path, BROKER_DATABASE_URL=url, BROKER_KEYS_FILE=str(keys)),
+            "kold1", "disabled", "keys enable")
 
 
 # -- serve: starts ---------------------------------------------------------------------------
