@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -324,3 +326,54 @@ async def test_au_04_refused_requests_are_security_log_events(
     text = caplog.text + "".join(repr(vars(r)) for r in caplog.records)
     for secret in (reader[4:], reader[16:48], outsider[16:48], forged[16:48], token[4:]):
         assert secret not in text
+
+
+async def test_au_04_the_application_role_cannot_rewrite_audit_rows(
+        own_postgres: Database, ring: KeyRing) -> None:
+    """deploy/postgres-app-role.sql, applied as psql would: the broker runs on the role it
+    grants (installs, changes and their audit rows all work), and that role's UPDATE,
+    DELETE and TRUNCATE of audit rows are refused by PostgreSQL itself."""
+    role = f"broker_app_{secrets.token_hex(4)}"
+    script = (Path(__file__).parents[2] / "deploy" / "postgres-app-role.sql").read_text()
+    statements = [s.strip().replace(':"app_role"', f'"{role}"')
+                  for s in "\n".join(line for line in script.splitlines()
+                                     if not line.startswith("--")).split(";") if s.strip()]
+    await _psql(own_postgres, f'CREATE ROLE "{role}" LOGIN', *statements)
+    app_url = own_postgres.url.replace("://postgres@", f"://{role}@", 1)
+    assert app_url != own_postgres.url
+    try:
+        settings = Settings(database_url=app_url, public_url="https://broker.example.test")
+        app = create_app(settings, ring=ring)
+        async with LifespanManager(app) as manager, httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=manager.app),
+                base_url="http://broker.test") as client:
+            h = Harness(app, client, ring, own_postgres)
+            assert (await client.get("/readyz")).status_code == 200
+            project = new_project()
+            await h.install(project, "slack")
+            key = await h.key(project, "read", "integrations:write")
+            base = f"/v1/projects/{project}/integrations/slack"
+            r = await client.patch(f"{base}/lifecycle", headers={"X-API-Key": key},
+                                   json={"display_name": "Chat"})
+            assert r.status_code == 200, r.text
+            assert (await client.delete(base, headers={"X-API-Key": key})).status_code == 200
+            assert [e.type for e in await _events(h, project)] == [
+                "integration.lifecycle.updated", "integration.disconnected"]
+        conn = await asyncpg.connect(app_url, timeout=5)
+        try:
+            for statement in ("UPDATE audit_events SET details = '{}'",
+                              "DELETE FROM audit_events",
+                              "TRUNCATE audit_events",
+                              "UPDATE alembic_version SET version_num = 'x'"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+            assert await conn.fetchval("SELECT count(*) FROM audit_events") >= 2
+        finally:
+            await conn.close()
+    finally:
+        await _psql(own_postgres, f'DROP OWNED BY "{role}"')
+        admin = await asyncpg.connect(own_postgres.url, timeout=5)
+        try:
+            await admin.execute(f'DROP ROLE "{role}"')
+        finally:
+            await admin.close()
