@@ -39,6 +39,7 @@ provider = OAuth2Provider(
     client_auth_method="client_secret_post",
     # hub_id (the portal id) and user_id come in the token response itself.
     token_metadata=("hub_id", "user_id"),
+    account_id="hub_id",  # the portal; the user who installed may change
     hooks=Hooks(parse_token=parse_token),
     health_check=Request(url="https://api.hubapi.com/account-info/v3/details"),
     actions=(

@@ -26,6 +26,7 @@ provider = OAuth2Provider(
     token_request_format="json",
     authorize_params={"owner": "user"},
     token_metadata=("workspace_id", "workspace_name", "bot_id"),
+    account_id="workspace_id",
     health_check=Request(url="https://api.notion.com/v1/users/me",
                          headers={"Notion-Version": NOTION_VERSION}),
     actions=(

@@ -62,6 +62,7 @@ provider = OAuth2Provider(
     client_auth_method="client_secret_basic",
     token_metadata=("team.id", "team.name", "enterprise.id", "is_enterprise_install",
                     "app_id", "bot_user_id", "authed_user.id"),
+    account_id="team.id",  # the workspace; a reinstall into another one is refused
     token_header=Header(name="Authorization", template="Bearer {access_token}"),
     hooks=Hooks(parse_token=parse_token),
     # auth.test also answers HTTP 200 with "ok": false for a dead token.

@@ -901,6 +901,11 @@ def test_oa_13_accounts_are_keyed_on_immutable_ids() -> None:
     providers = registry.load()
     assert providers["shopify"].account_id == "shop"  # type: ignore[attr-defined]
     assert providers["github-app"].account_id == "installation_id"  # type: ignore[attr-defined]
+    for slug, key in (("slack", "team.id"), ("hubspot", "hub_id"),
+                      ("notion", "workspace_id")):
+        assert providers[slug].account_id == key  # type: ignore[attr-defined]
+        # Kept from the token response, so a reinstall has something to compare.
+        assert key in providers[slug].token_metadata  # type: ignore[attr-defined]
     for slug, provider in providers.items():
         key = getattr(provider, "account_id", None) or ""
         assert not re.search(r"email|name|login", key), slug
