@@ -27,7 +27,7 @@ SECRET_PATH = re.compile(r"^(/connect/(?:forms/)?)[^/]+")
 # and the broker recovers on its own as soon as the dependency is back.
 RETRY_AFTER = b"5"
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-QUERY_NAME = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,32}$")
+QUERY_NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,32}")
 
 
 def logged_query(raw: bytes) -> str:
@@ -36,7 +36,7 @@ def logged_query(raw: bytes) -> str:
     be a secret some provider chose to put in a URL."""
     names = [unquote_plus(part.partition("=")[0]) for part in
              raw.decode("latin-1").split("&") if part][:20]
-    return "&".join(f"{n if QUERY_NAME.match(n) else '[REDACTED]'}=[REDACTED]"
+    return "&".join(f"{n if QUERY_NAME.fullmatch(n) else '[REDACTED]'}=[REDACTED]"
                     for n in names)
 
 

@@ -23,7 +23,10 @@ class AccountChanged(Exception):
 
 def _account(provider: Provider, metadata: Mapping[str, Any]) -> Any:
     key = provider.account_id if isinstance(provider, OAuth2Provider) else None
-    return None if key is None else metadata.get(key)
+    value = None if key is None else metadata.get(key)
+    # Case-blind: a Shopify shop is a host name a person typed (Acme.myshopify.com is
+    # acme.myshopify.com); the ids providers issue never differ only in case.
+    return value.lower() if isinstance(value, str) else value
 
 
 async def complete(

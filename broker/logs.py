@@ -38,6 +38,10 @@ _REDACTIONS = (
      r"\1[REDACTED]"),
     (re.compile(r"(?i)\b(bearer|basic|token|klaviyo-api-key|oauth)(\s+)[A-Za-z0-9._~+/=:-]{6,}"),
      r"\1\2[REDACTED]"),
+    # A quoted value (JSON, reprs, JSON inside JSON) goes whole, to its closing quote:
+    # spaces, commas and escaped quotes included.
+    (re.compile(rf"(?i)((?:{_SECRET_NAMES})\\?[\"']?\s*[=:]\s*)(\\?[\"'])"
+                r"(?:\\.|(?!\2)[^\\\n])*?\2"), r"\1\2[REDACTED]\2"),
     (re.compile(rf"(?i)((?:{_SECRET_NAMES})\\?[\"']?\s*[=:]\s*\\?[\"']?)[^\s\"'&,;}}\\]+"),
      r"\1[REDACTED]"),
     (re.compile(r"\b(riq|rst)_[A-Za-z0-9]{20,}"), r"\1_[REDACTED]"),

@@ -290,7 +290,7 @@ class Provider:
                                                             "webhook"):
             raise ProviderError(f"{where}: declare it with OAuth2Provider, ApiKeyProvider, "
                                 "BasicAuthProvider or WebhookProvider")
-        if not SLUG.match(self.slug):
+        if not SLUG.fullmatch(self.slug):
             raise ProviderError(f"{where}: slug must be kebab-case")
         for label, value in (("name", self.name), ("category", self.category),
                              ("description", self.description)):

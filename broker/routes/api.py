@@ -111,14 +111,15 @@ def check_return_url(url: Any, allowlist: tuple[str, ...]) -> str | None:
     # Browsers strip tabs and newlines and read backslashes as slashes; refuse both.
     if any(c in url for c in "\\\t\r\n ") or any(ord(c) < 32 or ord(c) > 126 for c in url):
         raise refuse
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.username or parts.password:
-        raise refuse
-    allowed = {(a.scheme, a.hostname, a.port) for a in map(urlsplit, allowlist)}
     try:
+        # urlsplit refuses an unbalanced IPv6 bracket ("https://host["), .port a bad port.
+        parts = urlsplit(url)
         port = parts.port
     except ValueError:
         raise refuse from None
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        raise refuse
+    allowed = {(a.scheme, a.hostname, a.port) for a in map(urlsplit, allowlist)}
     if (parts.scheme, parts.hostname, port) not in allowed or parts.netloc.lower() != (
             parts.hostname or "") + (f":{port}" if port else ""):
         raise refuse
