@@ -233,7 +233,7 @@ def cmd_keys_promote(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
-    from broker import keycheck, rotation
+    from broker import rotation
 
     ring = settings.ring()
 
@@ -422,12 +422,12 @@ def cmd_api_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-DURATION = re.compile(r"^([0-9]{1,9})([smhd]?)$")
+DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
 SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration(value: str) -> timedelta:
-    match = DURATION.match(value)
+    match = DURATION.fullmatch(value)
     if not match:
         raise argparse.ArgumentTypeError("a duration is a number with s, m, h or d (90s, 7d)")
     return timedelta(seconds=int(match.group(1)) * SECONDS[match.group(2)])
